@@ -1,0 +1,148 @@
+"""Training data: CIFAR-10 (torchvision's layout, local copies accepted) and folders of images.
+
+Both kinds are decoded once into a uint8 tensor ``(N, C, H, W)`` that lives on the training device
+(CIFAR-10 is 150 MB), so a training step draws its batch by indexing, with no input pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+__all__ = ["IMAGE_SUFFIXES", "DataError", "Dataset", "cifar10", "default_cifar_dirs", "image_folder", "load_dataset"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class DataError(ValueError):
+    """A data set that cannot be used; the message is one line that says what to do."""
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 ``(N, C, H, W)``, the name recorded in checkpoints, and files skipped."""
+
+    images: Tensor
+    name: str
+    skipped: int = 0
+
+
+class _LocalCIFAR10(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR-10 that accepts a local copy whose files differ from the originals' md5.
+
+    Copies rebuilt from other sources hold the same pixels and labels in the same layout, but not the
+    same bytes (for example, other file names inside the pickles), so only presence is checked.
+    """
+
+    def _check_integrity(self) -> bool:
+        folder = os.path.join(self.root, self.base_folder)
+        return all(os.path.isfile(os.path.join(folder, name)) for name, _ in self.train_list + self.test_list)
+
+
+def default_cifar_dirs() -> list[Path]:
+    """Where CIFAR-10 is looked for when ``--data-dir`` is not given, in order."""
+    dirs = []
+    if os.environ.get("SDA_DATA_DIR"):
+        dirs.append(Path(os.environ["SDA_DATA_DIR"]))
+    dirs += [Path("data"), Path.home() / ".cache" / "sda" / "cifar10"]
+    return dirs
+
+
+def _has_cifar(root: Path) -> bool:
+    folder = root / "cifar-10-batches-py"
+    return all((folder / name).is_file() for name, _ in _LocalCIFAR10.train_list + _LocalCIFAR10.test_list)
+
+
+def cifar10(data_dir: Path | None = None, train: bool = True, download: bool = True) -> Dataset:
+    """CIFAR-10 from ``data_dir/cifar-10-batches-py``; downloaded into it (or the cache) if absent."""
+    candidates = [Path(data_dir)] if data_dir is not None else default_cifar_dirs()
+    root = next((d for d in candidates if _has_cifar(d)), None)
+    if root is None and download:
+        root = candidates[0] if data_dir is not None else candidates[-1]
+        try:
+            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        except Exception as error:
+            where = ", ".join(str(d) for d in candidates)
+            raise DataError(
+                f"CIFAR-10 not found in {where} and the download failed ({type(error).__name__}); "
+                "pass --data-dir DIR where DIR holds cifar-10-batches-py/"
+            ) from None
+    if root is None:
+        where = ", ".join(str(d) for d in candidates)
+        raise DataError(f"CIFAR-10 not found in {where}; pass --data-dir DIR where DIR holds cifar-10-batches-py/")
+    data = _LocalCIFAR10(str(root), train=train, download=False).data  # (N, 32, 32, 3) uint8
+    return Dataset(torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous(), "cifar10")
+
+
+def _load_resized(path: Path, size: int, channels: int) -> np.ndarray | None:
+    """Decode, convert, resize the shorter side to ``size`` and centre-crop; None when unreadable."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            scale = size / min(image.size)
+            new_size = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+            image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+class _FolderImages(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path], size: int, channels: int) -> None:
+        self.files, self.size, self.channels = files, size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, bool]:
+        array = _load_resized(self.files[index], self.size, self.channels)
+        if array is None:
+            return np.zeros((self.size, self.size, self.channels), np.uint8), False
+        return array, True
+
+
+def image_folder(folder: Path, size: int, channels: int = 3, workers: int = 2) -> Dataset:
+    """Every image below ``folder`` (recursively), resized and centre-cropped to ``size``.
+
+    Decoding runs in a DataLoader with ``workers`` processes; unreadable files are skipped and counted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; pass --dataset cifar10 or a folder of images")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        raise DataError(f"{folder}: no images found (looked for {suffixes}); pass a folder that holds images")
+    loader = torch.utils.data.DataLoader(
+        _FolderImages(files, size, channels), batch_size=64, num_workers=workers if len(files) > 256 else 0
+    )
+    arrays, ok = [], []
+    for batch, good in loader:
+        arrays.append(batch)
+        ok.append(good)
+    images, good = torch.cat(arrays), torch.cat(ok)
+    if not good.any():
+        raise DataError(f"{folder}: none of the {len(files)} image files could be read; check the files")
+    return Dataset(images[good].permute(0, 3, 1, 2).contiguous(), str(folder), skipped=int((~good).sum()))
+
+
+def load_dataset(dataset: str, data_dir: Path | None, size: int, channels: int) -> Dataset:
+    """``cifar10`` or a folder path, as the ``--dataset`` option takes it."""
+    if dataset.lower() == "cifar10":
+        if size != 32 or channels != 3:
+            raise DataError("CIFAR-10 images are 32x32 RGB; use --image-size 32 and --channels 3 with it")
+        return cifar10(data_dir)
+    return image_folder(Path(dataset), size, channels)

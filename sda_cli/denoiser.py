@@ -1,0 +1,130 @@
+r"""The denoiser: a backbone and a schedule, seen as :math:`\hat{x}`, :math:`\hat{\varepsilon}` and score.
+
+With :math:`x_t = \alpha_t x + \sigma_t \varepsilon` and the noise ratio :math:`\rho = \sigma_t / \alpha_t`,
+the scaled input :math:`z = x_t / \alpha_t = x + \rho\,\varepsilon` depends on the schedule only
+through :math:`\rho`. The network is therefore conditioned on :math:`\rho` (through
+:math:`c_\text{noise} = \tfrac14 \log \rho`), and one trained model serves every schedule time grid.
+
+Parametrisations of :math:`\hat{x}(x_t, t) \approx \mathbb{E}[x \mid x_t]`:
+
+* ``edm`` (Karras et al., 2022): :math:`\hat{x} = c_\text{skip} z + c_\text{out} F(c_\text{in} z, c_\text{noise})`
+  with :math:`c_\text{in} = 1/\sqrt{\rho^2+\sigma_d^2}`, :math:`c_\text{skip} = \sigma_d^2/(\rho^2+\sigma_d^2)`,
+  :math:`c_\text{out} = \rho\sigma_d/\sqrt{\rho^2+\sigma_d^2}`, :math:`\sigma_d = 0.5`; loss
+  :math:`\lVert F - (x - c_\text{skip} z)/c_\text{out} \rVert^2`, i.e. weight :math:`1/c_\text{out}^2` on the
+  :math:`\hat{x}` error.
+* ``v`` (Salimans & Ho, 2022): the same with :math:`\sigma_d = 1`, which on a variance-preserving
+  schedule is exactly the prediction of :math:`v = \alpha_t \varepsilon - \sigma_t x`.
+* ``eps`` (Ho et al., 2020): :math:`F` predicts :math:`\varepsilon` from :math:`c_\text{in} z` and
+  :math:`\hat{x} = z - \rho \hat{\varepsilon}`; loss :math:`\lVert F - \varepsilon \rVert^2`.
+
+The other two views follow by identity (Vincent, 2011; Song et al., 2021):
+
+.. math:: \hat{\varepsilon} = (x_t - \alpha_t \hat{x}) / \sigma_t, \qquad
+          \nabla_{x_t} \log p_t(x_t) = -\hat{\varepsilon} / \sigma_t.
+
+Training noise levels: :math:`\log \rho \sim \mathcal{N}(P_\text{mean}, P_\text{std}^2)` (Karras et al.,
+2022), clipped to the schedule's range, mapped to :math:`t` by the schedule's inverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sda_cli.schedule import Schedule
+
+__all__ = ["PARAMETRISATIONS", "Denoiser", "DenoiserConfig"]
+
+PARAMETRISATIONS = ("edm", "v", "eps")
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """The parametrisation of :math:`\\hat{x}` and the training distribution of noise levels."""
+
+    parametrisation: str = "edm"
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DenoiserConfig:
+        config = cls(**data)
+        if config.parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"unknown parametrisation {config.parametrisation!r}; expected one of {PARAMETRISATIONS}")
+        return config
+
+    @property
+    def sigma_data(self) -> float:
+        return 1.0 if self.parametrisation == "v" else 0.5
+
+
+def _expand(t: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a scalar or a per-image time of shape ``(B,)`` against images ``(B, C, H, W)``."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Denoiser(nn.Module):
+    """:math:`\\hat{x}(x_t, t)` from a backbone :math:`F(z, c)` and a schedule."""
+
+    def __init__(self, backbone: nn.Module, schedule: Schedule, config: DenoiserConfig | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.schedule = schedule
+        self.config = config or DenoiserConfig()
+
+    def _coefficients(self, rho: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.config.parametrisation == "eps":
+            return 1 / torch.sqrt(rho**2 + 1), torch.ones_like(rho), -rho
+        sd = self.config.sigma_data
+        norm = torch.sqrt(rho**2 + sd**2)
+        return 1 / norm, sd**2 / norm**2, rho * sd / norm
+
+    def _network(self, z_in: Tensor, rho: Tensor) -> Tensor:
+        c_noise = torch.log(rho.flatten()) / 4
+        return self.backbone(z_in, c_noise).float()
+
+    def forward(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """The posterior mean :math:`\\hat{x}(x_t, t)`."""
+        alpha, sigma = self.schedule.alpha_sigma(_expand(t, x_t))
+        rho = sigma / alpha
+        z = x_t / alpha
+        c_in, c_skip, c_out = self._coefficients(rho)
+        return c_skip * z + c_out * self._network(c_in * z, rho)
+
+    def epsilon(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """:math:`\\hat{\\varepsilon} = (x_t - \\alpha_t \\hat{x}) / \\sigma_t`."""
+        alpha, sigma = self.schedule.alpha_sigma(_expand(t, x_t))
+        return (x_t - alpha * self(x_t, t)) / sigma
+
+    def score(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """:math:`\\nabla \\log p_t(x_t) = -\\hat{\\varepsilon} / \\sigma_t`."""
+        _, sigma = self.schedule.alpha_sigma(_expand(t, x_t))
+        return -self.epsilon(x_t, t) / sigma
+
+    def sample_times(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Tensor:
+        """Training times: :math:`\\log \\rho \\sim \\mathcal{N}(P_\\text{mean}, P_\\text{std}^2)`, mapped to t."""
+        lo, hi = self.schedule.ratio_range()
+        log_rho = self.config.p_mean + self.config.p_std * torch.randn(n, generator=generator, device=device)
+        rho = log_rho.exp().clamp(lo * (1 + 1e-4), hi * (1 - 1e-4))
+        return self.schedule.time_of_ratio(rho.double()).float().clamp(0.0, 1.0)
+
+    def loss(self, x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The denoising score-matching loss, per image, in the parametrisation's own target space."""
+        alpha, sigma = self.schedule.alpha_sigma(_expand(t, x))
+        rho = sigma / alpha
+        z = x + rho * noise
+        c_in, c_skip, c_out = self._coefficients(rho)
+        output = self._network(c_in * z, rho)
+        target = noise if self.config.parametrisation == "eps" else (x - c_skip * z) / c_out
+        return (output - target).square().flatten(1).mean(1)
