@@ -90,7 +90,7 @@ def _load_resized(path: Path, size: int, channels: int) -> np.ndarray | None:
             new_size = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
             image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
             left, top = (image.width - size) // 2, (image.height - size) // 2
-            array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            array = np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
     return array[:, :, None] if array.ndim == 2 else array

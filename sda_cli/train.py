@@ -163,8 +163,8 @@ def train(
     device: torch.device | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     log: Callable[[str], None] | None = None,
-) -> int:
-    """Train (or resume) a denoiser and write ``out`` and its training state; returns the final step.
+) -> tuple[int, Denoiser]:
+    """Train (or resume) a denoiser, write ``out`` and its training state; return the step and the EMA denoiser.
 
     ``model_config`` holds the ``model``, ``denoiser`` and ``schedule`` sections of a checkpoint config;
     on resume, the config stored in the checkpoint wins.
@@ -201,16 +201,14 @@ def train(
         else:
             raise CheckpointError(f"{out}: nothing to resume (no model or state file); drop --resume to start anew")
 
-    denoiser = build_denoiser(model_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        denoiser = build_denoiser(model_config)
     unet = denoiser.backbone.to(device, memory_format=torch.channels_last)
-    ema = copy.deepcopy(unet).requires_grad_(False).eval()
     if state_tensors is not None:
         unet.load_state_dict(_strip("model.", state_tensors))
-        ema.load_state_dict(_strip("ema.", state_tensors))
     elif resume:
-        weights = load_model(out, device)[0].backbone.state_dict()
-        unet.load_state_dict(weights)
-        ema.load_state_dict(weights)
+        unet.load_state_dict(load_model(out, device)[0].backbone.state_dict())
 
     trained: nn.Module = unet
     if config.compile:
@@ -220,6 +218,9 @@ def train(
             trained, device_ids=[device.index] if device.type == "cuda" else None
         )
     objective = Denoiser(trained, denoiser.schedule, denoiser.config)
+    ema = copy.deepcopy(unet).requires_grad_(False).eval()  # after DDP has broadcast rank 0's weights
+    if state_tensors is not None:
+        ema.load_state_dict(_strip("ema.", state_tensors))
 
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
@@ -335,7 +336,7 @@ def train(
         finally:
             if distributed and dist.is_initialized():
                 dist.destroy_process_group()
-    return step
+    return step, Denoiser(ema, denoiser.schedule, denoiser.config)
 
 
 def _strip(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,0 +1,103 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sda_cli.checkpoint import CheckpointError, build_denoiser, complete_config, load_model, read_metadata, save_model
+
+CONFIG = {
+    "model": {"channels": 3, "widths": [8, 16], "blocks": 1, "attention_levels": [1], "heads": 2, "groups": 4},
+    "denoiser": {"parametrisation": "edm"},
+    "schedule": {"name": "cosine"},
+    "image_size": 16,
+    "channels": 3,
+}
+
+
+def _model(path: Path, half: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    denoiser = build_denoiser(CONFIG)
+    for p in denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    save_model(path, denoiser, complete_config(CONFIG), half=half)
+    return denoiser
+
+
+def test_round_trip_is_exact_in_fp32(tmp_path: Path) -> None:
+    original = _model(tmp_path / "m.safetensors")
+    loaded, config = load_model(tmp_path / "m.safetensors")
+    for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(original(x, 0.3), loaded(x, 0.3))
+    assert config["format"] == 1 and config["schedule"] == {"name": "cosine", "eta": 1e-3}
+
+
+def test_half_precision_file_is_half_the_size_and_close(tmp_path: Path) -> None:
+    original = _model(tmp_path / "full.safetensors")
+    _model(tmp_path / "half.safetensors", half=True)
+    loaded, _ = load_model(tmp_path / "half.safetensors")
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.6 * (tmp_path / "full.safetensors").stat().st_size
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(original(x, 0.3), loaded(x, 0.3), atol=1e-2)
+
+
+def _write_raw(path: Path, metadata: dict | None, tensors: dict | None = None) -> Path:
+    save_file(tensors or {"w": torch.zeros(1)}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        (None, "without sda metadata"),
+        ({"sda": "{not json"}, "not valid JSON"),
+        ({"sda": json.dumps({**CONFIG, "format": 99})}, "newer than this sda reads"),
+        ({"sda": json.dumps({**CONFIG})}, "no format version"),
+        ({"sda": json.dumps({**CONFIG, "format": 1, "model": {**CONFIG["model"], "widths": [10**9]}})}, "widths"),
+        ({"sda": json.dumps({**CONFIG, "format": 1, "schedule": {"name": "cosine", "eta": "x"}})}, "finite"),
+        ({"sda": json.dumps({**CONFIG, "format": 1, "schedule": {"name": "nope"}})}, "unknown schedule"),
+        ({"sda": json.dumps({**CONFIG, "format": 1})}, "weights do not match"),
+    ],
+)
+def test_bad_metadata_is_refused_with_one_line(tmp_path: Path, metadata: dict | None, message: str) -> None:
+    path = _write_raw(tmp_path / "bad.safetensors", metadata)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_tensor_shape_is_named(tmp_path: Path) -> None:
+    _model(tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    tensors["stem.weight"] = torch.zeros(1, 2, 3, 3)
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=metadata)
+    with pytest.raises(CheckpointError, match="stem.weight has shape"):
+        load_model(tmp_path / "shape.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\xff" * 64])
+def test_not_safetensors(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_metadata(path)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    _model(tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "cut.safetensors")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model(tmp_path / "absent.safetensors")

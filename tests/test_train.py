@@ -1,0 +1,94 @@
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+from safetensors.torch import load_file
+
+from sda_cli.checkpoint import load_model, read_metadata
+from sda_cli.data import image_folder
+from sda_cli.train import TrainConfig, TrainingError, state_path_for, train
+
+CONFIG = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, seed=1)
+CPU = torch.device("cpu")
+
+
+def test_resume_from_state_is_exact(tmp_path: Path, image_dir: Path) -> None:
+    """6 steps straight and 3 + 3 steps with a resume give bit-identical weights, EMA and optimiser."""
+    data = image_folder(image_dir, 16)
+    train(TINY_MODEL, CONFIG, data, tmp_path / "straight.safetensors", device=CPU)
+    train(TINY_MODEL, replace(CONFIG, steps=3), data, tmp_path / "split.safetensors", device=CPU)
+    step, _ = train(TINY_MODEL, CONFIG, data, tmp_path / "split.safetensors", resume=True, device=CPU)
+    assert step == 6
+    straight = load_file(str(state_path_for(tmp_path / "straight.safetensors")))
+    split = load_file(str(state_path_for(tmp_path / "split.safetensors")))
+    assert straight.keys() == split.keys()
+    for name in straight:
+        assert torch.equal(straight[name], split[name]), name
+    assert read_metadata(tmp_path / "split.safetensors")["training"]["step"] == 6
+
+
+def test_resume_from_weights_alone(tmp_path: Path, image_dir: Path) -> None:
+    data = image_folder(image_dir, 16)
+    out = tmp_path / "m.safetensors"
+    train(TINY_MODEL, replace(CONFIG, steps=3), data, out, device=CPU)
+    before, _ = load_model(out)
+    state_path_for(out).unlink()
+    step, _ = train(TINY_MODEL, CONFIG, data, out, resume=True, device=CPU)
+    assert step == 6
+    after, config = load_model(out)
+    assert config["training"]["step"] == 6
+    assert not torch.equal(before.backbone.stem.weight, after.backbone.stem.weight)
+
+
+def test_resume_with_nothing_to_resume(tmp_path: Path, image_dir: Path) -> None:
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(TINY_MODEL, CONFIG, image_folder(image_dir, 16), tmp_path / "m.safetensors", resume=True, device=CPU)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, image_dir: Path) -> None:
+    data = image_folder(image_dir, 16)
+    out = tmp_path / "m.safetensors"
+    train(TINY_MODEL, replace(CONFIG, steps=3), data, out, device=CPU)
+    good = out.read_bytes()
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(TINY_MODEL, replace(CONFIG, steps=1000, lr=1e38, warmup=0), data, out, resume=True, device=CPU)
+    assert out.read_bytes() == good
+    load_model(out)
+
+
+def test_two_process_gloo_run_ends_with_identical_weights(tmp_path: Path, image_dir: Path) -> None:
+    """torchrun with 2 CPU processes: DDP keeps both ranks' weights identical; only rank 0 writes."""
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, torch
+            from safetensors.torch import save_file
+            from sda_cli.data import image_folder
+            from sda_cli.train import TrainConfig, train
+            from conftest import TINY_MODEL
+            torch.set_num_threads(1)
+            rank = int(os.environ["RANK"])
+            config = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, checkpoint_every=2, seed=3)
+            step, ema = train(TINY_MODEL, config, image_folder({str(image_dir)!r}, 16, workers=0),
+                              {str(tmp_path / "ddp.safetensors")!r}, device=torch.device("cpu"))
+            save_file({{k: v.contiguous() for k, v in ema.backbone.state_dict().items()}},
+                      {str(tmp_path)!r} + f"/rank{{rank}}.safetensors")
+            """
+        )
+    )
+    tests = Path(__file__).parent
+    env = {"PYTHONPATH": f"{tests.parent}:{tests}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    result = subprocess.run([*command, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rank0, rank1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    config = read_metadata(tmp_path / "ddp.safetensors")
+    assert config["training"]["world_size"] == 2 and config["training"]["images_seen"] == 4 * 4 * 2
