@@ -132,7 +132,10 @@ class _Failures:
 
 
 def _write(path: Path, pixels: torch.Tensor, image: LoadedImage, bits: int | None) -> None:
-    write_image(path, pixels.cpu(), alpha=image.alpha, bits=bits or (16 if image.bit_depth == 16 else 8))
+    """Write one result; PNG outputs of 16-bit inputs stay 16-bit unless ``bits`` says otherwise."""
+    if bits is None:
+        bits = 16 if image.bit_depth == 16 and path.suffix.lower() == ".png" else 8
+    write_image(path, pixels.cpu(), alpha=image.alpha, bits=None if path.suffix.lower() == ".npy" else bits)
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:

@@ -1,0 +1,201 @@
+"""Every command end to end, as a user runs it, on the tiny model trained by the session fixture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sda_cli.checkpoint import read_metadata
+
+
+def sda(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sda_cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def ok(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    result = sda(*args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.float64) / 255
+
+
+def test_train_writes_a_model_that_info_describes(tmp_path: Path, image_dir: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    ok(
+        "train",
+        "--dataset",
+        image_dir,
+        "--image-size",
+        "16",
+        "--widths",
+        "8,16",
+        "--blocks",
+        "1",
+        "--attention",
+        "1",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "-o",
+        out,
+        "-q",
+    )
+    assert out.is_file() and out.with_name("m.state.safetensors").is_file()
+    info = ok("info", out).stdout
+    assert '"widths": [\n      8,\n      16\n    ]' in info and '"step": 4' in info
+    ok("train", "--dataset", image_dir, "--image-size", "16", "--steps", "6", "-o", out, "--resume", "-q")
+    assert read_metadata(out)["training"]["step"] == 6
+
+
+def test_noise_adds_the_right_amount_and_is_seeded(tmp_path: Path) -> None:
+    clean = np.full((64, 64, 3), 128, np.uint8)
+    Image.fromarray(clean).save(tmp_path / "grey.png")
+    ok("noise", tmp_path / "grey.png", "--sigma", "25/255", "-o", tmp_path / "a.npy", "--seed", "3")
+    ok("noise", tmp_path / "grey.png", "--sigma", "25/255", "-o", tmp_path / "b.npy", "--seed", "3")
+    ok("noise", tmp_path / "grey.png", "--sigma", "25/255", "-o", tmp_path / "c.png", "--seed", "4")
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == (64, 64, 3) and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    residual = a - 128 / 255
+    assert abs(residual.std() - 25 / 255) < 4 * (25 / 255) / np.sqrt(2 * residual.size)
+    assert abs(residual.mean()) < 4 * (25 / 255) / np.sqrt(residual.size)
+    assert not np.array_equal(np.round(np.clip(a, 0, 1) * 255), pixels(tmp_path / "c.png") * 255)
+
+
+def test_noise_then_denoise_mmse_improves_and_is_deterministic(
+    tmp_path: Path, tiny_model: Path, image_dir: Path
+) -> None:
+    source = image_dir / "img_000.png"
+    ok("noise", source, "--sigma", "0.2", "-o", tmp_path / "noisy.npy", "--seed", "0")
+    ok("denoise", tmp_path / "noisy.npy", "--sigma", "0.2", "-o", tmp_path / "out.npy", "--model", tiny_model)
+    ok("denoise", tmp_path / "noisy.npy", "--sigma", "0.2", "-o", tmp_path / "again.npy", "--model", tiny_model)
+    clean, noisy = pixels(source), np.load(tmp_path / "noisy.npy")
+    out = np.load(tmp_path / "out.npy")
+    assert out.shape == clean.shape
+    assert np.array_equal(out, np.load(tmp_path / "again.npy"))
+    # even a barely trained model shrinks towards its data: less error than the noisy input
+    assert np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2)
+
+
+def test_denoise_posterior_is_seeded(tmp_path: Path, tiny_model: Path, image_dir: Path) -> None:
+    source = image_dir / "img_001.png"
+    ok("noise", source, "--sigma", "0.1", "-o", tmp_path / "noisy.png", "--seed", "0")
+    runs = {}
+    for name, seed in [("a", "5"), ("b", "5"), ("c", "6")]:
+        ok(
+            "denoise",
+            tmp_path / "noisy.png",
+            "--sigma",
+            "0.1",
+            "-o",
+            tmp_path / f"{name}.png",
+            "--model",
+            tiny_model,
+            "--method",
+            "posterior",
+            "--steps",
+            "4",
+            "--seed",
+            seed,
+        )
+        runs[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert runs["a"] == runs["b"] and runs["a"] != runs["c"]
+
+
+def test_folders_keep_names_any_size_grey_and_alpha(tmp_path: Path, tiny_model: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (13, 21), dtype=np.uint8), "L").save(inputs / "grey.png")
+    rgba = rng.integers(0, 255, (10, 7, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(inputs / "alpha.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(inputs / "rgb.png")
+    ok("denoise", inputs, "--sigma", "0.1", "-o", tmp_path / "out", "--model", tiny_model, "-q")
+    grey, alpha = Image.open(tmp_path / "out" / "grey.png"), Image.open(tmp_path / "out" / "alpha.png")
+    assert grey.mode == "L" and grey.size == (21, 13)
+    assert alpha.mode == "RGBA" and alpha.size == (7, 10)
+    assert np.array_equal(np.asarray(alpha)[..., 3], rgba[..., 3])
+    assert Image.open(tmp_path / "out" / "rgb.png").size == (16, 16)
+
+
+def test_sixteen_bit_output(tmp_path: Path, tiny_model: Path, image_dir: Path) -> None:
+    ok("noise", image_dir / "img_002.png", "--sigma", "0.05", "-o", tmp_path / "n16.png", "--bits", "16", "--seed", "1")
+    assert Image.open(tmp_path / "n16.png").info.get("dpi") is None
+    ok("denoise", tmp_path / "n16.png", "--sigma", "0.05", "-o", tmp_path / "d16.png", "--model", tiny_model)
+    with open(tmp_path / "d16.png", "rb") as handle:
+        header = handle.read(32)
+    assert header[24] == 16  # IHDR bit depth: the 16-bit input gives a 16-bit output
+
+
+def test_sample_grid_and_folder_are_seeded(tmp_path: Path, tiny_model: Path) -> None:
+    result = ok("sample", "-n", "4", "-o", tmp_path / "grid.png", "--model", tiny_model, "--steps", "3", "--seed", "2")
+    assert "network evaluations" in result.stderr
+    ok("sample", "-n", "4", "-o", tmp_path / "again.png", "--model", tiny_model, "--steps", "3", "--seed", "2")
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "again.png").read_bytes()
+    assert Image.open(tmp_path / "grid.png").size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
+    ok("sample", "-n", "3", "-o", tmp_path / "many", "--model", tiny_model, "--steps", "2", "--sampler", "ddim")
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [
+        "grid.png",
+        "sample_0.png",
+        "sample_1.png",
+        "sample_2.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, message, code",
+    [
+        (["noise", "{img}", "--sigma", "-0.1", "-o", "{tmp}/x.png"], "--sigma must be a positive", 2),
+        (["noise", "{img}", "--sigma", "nan", "-o", "{tmp}/x.png"], "--sigma must be a positive", 2),
+        (["noise", "{img}", "--sigma", "0", "-o", "{tmp}/x.png"], "--sigma must be a positive", 2),
+        (["noise", "{img}", "--sigma", "1/0", "-o", "{tmp}/x.png"], "--sigma takes a number", 2),
+        (["noise", "{img}", "--sigma", "25", "-o", "{tmp}/x.png"], "did you mean 25/255", 2),
+        (["noise", "{tmp}/absent.png", "--sigma", "0.1", "-o", "{tmp}/x.png"], "absent.png", 1),
+        (["noise", "{img}", "--sigma", "0.1", "-o", "{img}"], "would overwrite its input", 2),
+        (
+            ["denoise", "{img}", "--sigma", "0.1", "-o", "{tmp}/x.png", "--model", "{tmp}/none.safetensors"],
+            "no model at",
+            1,
+        ),
+        (
+            ["denoise", "{img}", "--sigma", "0.1", "-o", "{tmp}/x.png", "--model", "{img}"],
+            "not a readable safetensors",
+            1,
+        ),
+        (["train", "--dataset", "{tmp}", "-o", "{tmp}/m.safetensors"], "no images found", 1),
+        (["train", "--widths", "a,b"], "--widths takes comma-separated", 2),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code(
+    tmp_path: Path, image_dir: Path, args: list[str], message: str, code: int
+) -> None:
+    filled = [a.format(img=image_dir / "img_000.png", tmp=tmp_path) for a in args]
+    result = sda(*filled)
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_one_bad_file_among_many_is_skipped_and_reported(tmp_path: Path, image_dir: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.png").write_bytes((image_dir / "img_000.png").read_bytes())
+    (inputs / "b.png").write_bytes(b"not a png")
+    (inputs / "c.png").write_bytes((image_dir / "img_001.png").read_bytes())
+    result = sda("noise", inputs, "--sigma", "0.1", "-o", tmp_path / "out", "-q")
+    assert result.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    assert "b.png" in result.stderr and "1 of 3 files failed" in result.stderr
