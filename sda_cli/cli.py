@@ -329,7 +329,9 @@ def denoise_command(
     sigma: Annotated[str, typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255).")],
     model: Annotated[Path | None, typer.Option(help="Model file (default: the shipped CIFAR-10 model).")] = None,
     method: Annotated[str, typer.Option(help="mmse (posterior mean, best PSNR) or posterior (one sample).")] = "mmse",
-    sampler_name: Annotated[str, typer.Option("--sampler", help="Sampler of the posterior method.")] = "ancestral",
+    sampler_name: Annotated[
+        str, typer.Option("--sampler", help="Sampler of the posterior method (ancestral: the reverse SDE).")
+    ] = "ancestral",
     steps: Annotated[int | None, typer.Option(min=1, max=10_000, help="Sampler steps (posterior).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random draw.")] = None,
     bits: Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")] = None,

@@ -115,6 +115,7 @@ class Denoiser(nn.Module):
     ) -> Tensor:
         """Training times: :math:`\\log \\rho \\sim \\mathcal{N}(P_\\text{mean}, P_\\text{std}^2)`, mapped to t."""
         lo, hi = self.schedule.ratio_range()
+        device = generator.device if generator is not None else device
         log_rho = self.config.p_mean + self.config.p_std * torch.randn(n, generator=generator, device=device)
         rho = log_rho.exp().clamp(lo * (1 + 1e-4), hi * (1 - 1e-4))
         return self.schedule.time_of_ratio(rho.double()).float().clamp(0.0, 1.0)

@@ -69,8 +69,10 @@ class CosineSchedule(Schedule):
         self.theta = math.acos(math.sqrt(eta))
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        alpha = torch.cos(self.theta * t) ** 2
-        sigma = torch.sqrt(1 - alpha**2 + self.eta**2)
+        cos = torch.cos(self.theta * t)
+        alpha = cos**2
+        # 1 - cos^4 = sin^2 (1 + cos^2): no cancellation at small t in float32
+        sigma = torch.sqrt(torch.sin(self.theta * t) ** 2 * (1 + cos**2) + self.eta**2)
         return alpha, sigma
 
     def time_of_ratio(self, ratio: Tensor) -> Tensor:
@@ -133,7 +135,10 @@ class LinearSchedule(Schedule):
         c = 2 * torch.log(alpha)  # a t^2 + b t + c = 0
         a = 0.5 * (self.beta_max - self.beta_min)
         b = self.beta_min
-        return (-b + torch.sqrt(b**2 - 4 * a * c)) / (2 * a)
+        if a == 0:
+            return -c / b
+        # the root (-b + sqrt(b^2 - 4ac)) / 2a, written without cancellation
+        return -2 * c / (b + torch.sqrt(b**2 - 4 * a * c))
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max, "eta": self.eta}

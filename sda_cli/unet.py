@@ -30,7 +30,7 @@ class UNetConfig:
     """Widths per level, residual blocks per level, and the levels (0 = full resolution) with attention."""
 
     channels: int = 3
-    widths: tuple[int, ...] = (64, 128, 256)
+    widths: tuple[int, ...] = (64, 128, 192)
     blocks: int = 2
     attention_levels: tuple[int, ...] = (2,)
     heads: int = 4

@@ -78,7 +78,7 @@ def test_wrong_tensor_shape_is_named(tmp_path: Path) -> None:
         metadata = handle.metadata()
     tensors["stem.weight"] = torch.zeros(1, 2, 3, 3)
     save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=metadata)
-    with pytest.raises(CheckpointError, match="stem.weight has shape"):
+    with pytest.raises(CheckpointError, match=r"stem\.weight has shape"):
         load_model(tmp_path / "shape.safetensors")
 
 

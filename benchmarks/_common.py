@@ -1,0 +1,75 @@
+"""Helpers shared by the benchmark scripts: the table header, PSNR, and thread settings."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch (and in libraries started after this)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def work_folder(path: Path | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created if needed and kept), or a temporary folder removed at the end."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)
+
+
+def checkpoint_line(path: Path | None) -> str:
+    """``path (step N)`` from the checkpoint's metadata, or a note when there is none."""
+    if path is None:
+        return "none (models are trained in this run)"
+    from sda_cli.checkpoint import read_metadata
+
+    step = read_metadata(path).get("training", {}).get("step", "?")
+    return f"{path} (step {step})"
+
+
+def header(title: str, checkpoint: str) -> str:
+    """The lines that head every table: date, machine, command line and checkpoint."""
+    command = shlex.join(["python", *sys.argv])
+    return "\n".join(
+        [
+            f"## {title}",
+            "",
+            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"torch threads: {torch.get_num_threads()}",
+            f"- command: `{command}`",
+            f"- checkpoint: {checkpoint}",
+            "",
+        ]
+    )
+
+
+def psnr(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of ``(B, C, H, W)`` pixels in [0, 1] (peak 1)."""
+    mse = (estimate.double() - truth.double()).square().flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
+
+
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

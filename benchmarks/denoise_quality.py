@@ -1,0 +1,151 @@
+"""Denoising quality of a checkpoint through the real command line, against CBM3D, on CIFAR-10 test images.
+
+The first ``--count`` CIFAR-10 test images are written as 8-bit PNGs; for each ``--sigma``, ``sda noise``
+(seed 0; 8-bit output, so clipped and quantised) makes the noisy files and ``sda denoise`` (mmse) denoises them.
+PSNR (peak 1 on [0, 1] pixels, per image then averaged) and SSIM (scikit-image, ``data_range=1``) are measured
+against the clean images, for the noisy input, for sda and for CBM3D (``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)``,
+clipped to [0, 1]) on the same noisy files. sda's seconds per image is the wall time of the ``sda denoise``
+command (process start and model load included) over the image count; CBM3D's is its compute time per image.
+A row passes when sda's PSNR reaches the required value.
+
+Run from the repository root:
+
+    python benchmarks/denoise_quality.py --model checkpoints/cifar10.safetensors --count 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, set_threads, table, work_folder
+from PIL import Image
+
+from sda_cli.data import cifar10
+
+REQUIRED = {0.1: 28.7, 0.2: 25.0, 0.3: 22.4}
+"""The PSNR (dB) the shipped model must reach at each pixel sigma."""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--count", type=int, default=1000, help="test images (the first ones)")
+    parser.add_argument("--sigmas", default="0.1,0.2,0.3", help="pixel-unit noise levels")
+    parser.add_argument("--bm3d", action=argparse.BooleanOptionalAction, default=True, help="also run CBM3D")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (sda and CBM3D)")
+    return parser.parse_args()
+
+
+def read_folder(folder: Path) -> np.ndarray:
+    """Every PNG of ``folder`` in name order, as float ``(N, H, W, 3)`` pixels in [0, 1]."""
+    return np.stack([np.asarray(Image.open(p), dtype=np.float64) / 255 for p in sorted(folder.glob("*.png"))])
+
+
+def mean_psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
+    return float(psnr(torch.from_numpy(estimate), torch.from_numpy(truth)).mean())
+
+
+def mean_ssim(estimate: np.ndarray, truth: np.ndarray) -> float | None:
+    try:
+        from skimage.metrics import structural_similarity
+    except ImportError:
+        return None
+    scores = [structural_similarity(e, t, channel_axis=2, data_range=1.0) for e, t in zip(estimate, truth, strict=True)]
+    return float(np.mean(scores))
+
+
+def sda(*args: str, threads: int) -> float:
+    """Run ``python -m sda_cli ARGS``; return its wall time in seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "sda_cli", *args], check=True, env=env, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def cbm3d(noisy: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
+    """CBM3D estimates of every noisy image, clipped to [0, 1], and the seconds per image."""
+    import bm3d
+
+    started = time.perf_counter()
+    out = np.stack([np.clip(bm3d.bm3d_rgb(image, sigma_psd=sigma), 0, 1) for image in noisy])
+    return out, (time.perf_counter() - started) / len(noisy)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def measure(args: argparse.Namespace, model: Path, workdir: Path, with_bm3d: bool) -> list[list[str]]:
+    """One table row per sigma (see the module docstring), printed as it comes."""
+    clean_dir = workdir / "clean"
+    clean_dir.mkdir()
+    images = cifar10(args.data_dir, train=False, download=False).images[: args.count]
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(clean_dir / f"{i:05d}.png")
+    clean = read_folder(clean_dir)
+    rows = []
+    for sigma in [float(s) for s in args.sigmas.split(",")]:
+        noisy_dir, out_dir = workdir / f"noisy_{sigma:g}", workdir / f"sda_{sigma:g}"
+        sda("noise", str(clean_dir), "--sigma", str(sigma), "--seed", "0", "-o", str(noisy_dir), "-q", threads=1)
+        command = ["denoise", str(noisy_dir), "--sigma", str(sigma), "-o", str(out_dir), "--model", str(model), "-q"]
+        seconds = sda(*command, threads=args.threads)
+        noisy, denoised = read_folder(noisy_dir), read_folder(out_dir)
+        sda_psnr = mean_psnr(denoised, clean)
+        row = [f"{sigma:g}", fmt(mean_psnr(noisy, clean)), fmt(sda_psnr), fmt(mean_ssim(denoised, clean), 4)]
+        row.append(f"{seconds / len(clean):.4f}")
+        if with_bm3d:
+            estimate, per_image = cbm3d(noisy, sigma)
+            row += [fmt(mean_psnr(estimate, clean)), fmt(mean_ssim(estimate, clean), 4), f"{per_image:.3f}"]
+        else:
+            row += ["skipped"] * 3
+        required = REQUIRED.get(round(sigma, 6))
+        row += [fmt(required), "—" if required is None else ("pass" if sda_psnr >= required else "FAIL")]
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    model = args.model.resolve()
+    checkpoint = checkpoint_line(model)
+    bm3d_reason = None if args.bm3d else "--no-bm3d"
+    if args.bm3d:
+        try:
+            import bm3d  # noqa: F401
+        except ImportError as error:
+            bm3d_reason = f"bm3d is not installed ({error}); pip install bm3d"
+    if bm3d_reason:
+        print(f"CBM3D columns skipped: {bm3d_reason}")
+    try:
+        import skimage  # noqa: F401
+    except ImportError as error:
+        print(f"SSIM columns skipped: scikit-image is not installed ({error}); pip install scikit-image")
+
+    with work_folder(args.workdir, "sda-quality-") as workdir:
+        rows = measure(args, model, workdir, bm3d_reason is None)
+
+    print()
+    print(header("Denoising quality: sda mmse against CBM3D", checkpoint))
+    print(
+        f"First {args.count} CIFAR-10 test images, 8-bit PNG noisy inputs (clipped, quantised) from "
+        f"`sda noise --seed 0`; outputs are 8-bit PNGs. PSNR in dB.\n"
+    )
+    columns = ["σ", "noisy PSNR", "sda PSNR", "sda SSIM", "sda s/img", "CBM3D PSNR", "CBM3D SSIM", "CBM3D s/img"]
+    print(table([*columns, "required PSNR", "sda pass"], rows))
+    if bm3d_reason:
+        print(f"\nCBM3D skipped: {bm3d_reason}")
+
+
+if __name__ == "__main__":
+    main()

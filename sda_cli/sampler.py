@@ -1,0 +1,415 @@
+r"""Reverse-time samplers: from :math:`x_{t_0}` at any time :math:`t_0` down to any :math:`t_1 < t_0`.
+
+Every sampler speaks through the denoiser :math:`\hat{x}(x_t, t) \approx \mathbb{E}[x \mid x_t]` and two
+identities of the kernel :math:`x_t = \alpha_t x + \sigma_t \varepsilon` (Vincent, 2011; Song et al., 2021):
+
+.. math:: \hat{\varepsilon} = \frac{x_t - \alpha_t \hat{x}}{\sigma_t}, \qquad
+          \nabla_{x_t} \log p_t(x_t) = -\frac{\hat{\varepsilon}}{\sigma_t}.
+
+**Scaled variables.** With :math:`z = x_t / \alpha_t` and the noise ratio :math:`\rho_t = \sigma_t / \alpha_t`,
+:math:`z = x + \rho_t \varepsilon`: every VP or VE kernel is a VE process in :math:`\rho`, and the
+probability-flow ODE (Song et al., 2021) reads (Karras et al., 2022, eq. 4 with :math:`s = \alpha`,
+:math:`\sigma = \rho`)
+
+.. math:: \frac{\mathrm{d} z}{\mathrm{d} \rho} = \frac{z - \hat{x}}{\rho} = \hat{\varepsilon}.
+
+DDIM is its Euler step and Heun its trapezoidal step. Given the same sequence of :math:`\rho`, the deterministic
+samplers therefore produce the same :math:`z` (up to the factor :math:`\alpha`) whatever the schedule.
+
+**Time grid.** :func:`time_grid` places the steps in :math:`\rho`, not in :math:`t`, with the spacing of
+Karras et al. (2022, eq. 5), :math:`\rho_i = (\rho_0^{1/p} + \tfrac{i}{N}(\rho_N^{1/p} - \rho_0^{1/p}))^p`,
+:math:`p = 7`, then maps back to :math:`t` with ``schedule.time_of_ratio``. The network is conditioned on
+:math:`\rho` only, so a grid in :math:`\rho` spends the steps where the solution changes, whatever the
+schedule; :math:`p = 7` concentrates them at low noise, where the trajectories curve and where the
+errors remain visible in the output (Karras et al. found :math:`p \approx 7` best; :math:`p \to \infty` is
+uniform in :math:`\log \rho`, available as ``power=math.inf``).
+
+**Final step.** By default :func:`sample` returns the Tweedie estimate :math:`\hat{x}(x_{t_1}, t_1)`, one more
+evaluation. At :math:`t_1 = 0` it is the step from :math:`\rho_0 > 0` (:math:`\sigma_0 = \eta` on the cosine
+schedule) to the noiseless limit :math:`\rho = 0`, where DDIM, DDPM and Euler all reduce to
+:math:`x = \hat{x}`; it removes the residual noise :math:`\sigma_0` instead of leaving it in the image.
+``denoise=False`` returns :math:`x_{t_1}` itself, e.g. to continue sampling from :math:`t_1`. If the
+schedule reaches :math:`\sigma_{t_1} = 0` exactly, the last step of the grid already is that noiseless
+step (Heun then uses an Euler last step, as in Karras et al.), and no extra evaluation is made.
+
+References:
+    Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
+    Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021.
+    Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", ICLR 2021.
+    Song & Ermon, "Generative Modeling by Estimating Gradients of the Data Distribution", NeurIPS 2019.
+    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022.
+    Rozet & Louppe, "Score-based Data Assimilation", NeurIPS 2023.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from sda_cli.schedule import Schedule
+
+__all__ = [
+    "SAMPLERS",
+    "STOCHASTIC",
+    "DenoiserLike",
+    "SamplerFn",
+    "ancestral",
+    "ddim",
+    "epsilon_from_mean",
+    "heun",
+    "nfe",
+    "pc",
+    "prior_noise",
+    "sample",
+    "score_from_mean",
+    "time_grid",
+]
+
+
+class DenoiserLike(Protocol):
+    """Anything with ``denoiser(x_t, t) -> x_hat`` and a ``schedule``; ``t`` is a float here."""
+
+    schedule: Schedule
+
+    def __call__(self, x_t: Tensor, t: float, /) -> Tensor: ...
+
+
+class SamplerFn(Protocol):
+    """A sampler: runs ``x`` along a decreasing time grid and returns :math:`x` at the last time."""
+
+    def __call__(
+        self, denoiser: DenoiserLike, x: Tensor, times: Tensor | Sequence[float], *, generator: torch.Generator | None
+    ) -> Tensor: ...
+
+
+def epsilon_from_mean(x_t: Tensor, x_hat: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    r""":math:`\hat{\varepsilon} = (x_t - \alpha_t \hat{x}) / \sigma_t`."""
+    return (x_t - alpha * x_hat) / sigma
+
+
+def score_from_mean(x_t: Tensor, x_hat: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    r""":math:`\nabla_{x_t} \log p_t(x_t) = -\hat{\varepsilon} / \sigma_t = (\alpha_t \hat{x} - x_t) / \sigma_t^2`."""
+    return -epsilon_from_mean(x_t, x_hat, alpha, sigma) / sigma
+
+
+def _alpha_sigma(schedule: Schedule, t: float) -> tuple[float, float]:
+    """:math:`(\\alpha_t, \\sigma_t)` computed in float64, as Python floats."""
+    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    return float(alpha), float(sigma)
+
+
+def _step_coefficients(schedule: Schedule, t: float, s: float) -> tuple[float, float, float, float]:
+    r""":math:`(\alpha_t, \sigma_t, \alpha_s, \sigma_s)` of a step from ``t`` to ``s``; only ``s`` may be noiseless."""
+    alpha_t, sigma_t = _alpha_sigma(schedule, t)
+    if sigma_t <= 0:
+        raise ValueError(f"a step cannot start where sigma = 0 (t = {t}); only the last time of a grid may")
+    return alpha_t, sigma_t, *_alpha_sigma(schedule, s)
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device (so seeds agree across devices)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def _times(times: Tensor | Sequence[float]) -> list[float]:
+    values = [float(t) for t in times]
+    if len(values) < 2 or any(s > t for t, s in pairwise(values)):
+        raise ValueError(f"a time grid needs at least two non-increasing times, got {values}")
+    return values
+
+
+def time_grid(
+    schedule: Schedule, t_start: float, t_stop: float = 0.0, steps: int = 64, *, power: float = 7.0
+) -> Tensor:
+    r"""``steps + 1`` times from ``t_start`` down to ``t_stop`` (float64, both ends exact).
+
+    .. math:: \rho_i = \Big(\rho_{t_0}^{1/p} + \tfrac{i}{N} \big(\rho_{t_1}^{1/p} - \rho_{t_0}^{1/p}\big)\Big)^p,
+              \qquad t_i = t(\rho_i), \qquad i = 0, \dots, N,
+
+    the spacing of Karras et al. (2022, eq. 5) in the noise ratio :math:`\rho = \sigma / \alpha`, mapped to time by
+    the schedule's inverse. ``power=math.inf`` gives steps uniform in :math:`\log \rho`. If
+    :math:`\sigma_{t_\text{stop}} = 0`, interior times whose :math:`\sigma` rounds to 0 in float64 are dropped, so the
+    grid may have fewer than ``steps`` steps.
+    """
+    t_start, t_stop = float(t_start), float(t_stop)
+    if not 0.0 <= t_stop < t_start <= 1.0:
+        raise ValueError(f"need 0 <= t_stop < t_start <= 1, got t_start={t_start}, t_stop={t_stop}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not power > 0:
+        raise ValueError(f"power must be positive, got {power}")
+    ends = schedule.ratio(torch.tensor([t_start, t_stop], dtype=torch.float64))
+    high, low = float(ends[0]), float(ends[1])
+    fraction = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if math.isinf(power):
+        if low <= 0:
+            raise ValueError("steps uniform in log(sigma/alpha) need sigma > 0 at t_stop; use a finite power")
+        ratios = torch.exp(math.log(high) + fraction * (math.log(low) - math.log(high)))
+    else:
+        ratios = (high ** (1 / power) + fraction * (low ** (1 / power) - high ** (1 / power))) ** power
+    times = schedule.time_of_ratio(ratios).to(torch.float64)
+    times[0], times[-1] = t_start, t_stop
+    times = times.clamp(t_stop, t_start).cummin(0).values
+    if low == 0:  # interior times that round to sigma = 0 would be steps from a noiseless state: drop them
+        noisy = schedule.alpha_sigma(times)[1] > 0
+        noisy[-1] = True
+        times = times[noisy]
+    return times
+
+
+def prior_noise(
+    schedule: Schedule,
+    shape: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    r"""A start for sampling new images: :math:`x_1 \sim \mathcal{N}(0, \sigma_1^2 I)`.
+
+    The true marginal is :math:`x_1 = \alpha_1 x + \sigma_1 \varepsilon`; the signal term is dropped, which is
+    harmless when it is small against :math:`\sigma_1`: :math:`\alpha_1 = \eta = 10^{-3}` on the cosine schedule,
+    :math:`\alpha_1 \approx 0.0066` on the linear one, and :math:`\sigma_1 = \sigma_{\max} = 100` against data in
+    :math:`[-1, 1]` on the VE one.
+    """
+    _, sigma = _alpha_sigma(schedule, 1.0)
+    noise_device = generator.device if generator is not None else device
+    noise = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype)
+    return sigma * noise.to(device if device is not None else noise.device)
+
+
+@torch.no_grad()
+def ancestral(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    times: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Ancestral (DDPM) sampling: draw :math:`x_s \sim q(x_s \mid x_t, x = \hat{x}(x_t, t))` at each step.
+
+    For :math:`s < t` the kernel gives :math:`x_t \mid x_s \sim \mathcal{N}(\alpha_{t|s} x_s, \sigma_{t|s}^2 I)`
+    with :math:`\alpha_{t|s} = \alpha_t / \alpha_s`, :math:`\sigma_{t|s}^2 = \sigma_t^2 - \alpha_{t|s}^2 \sigma_s^2`,
+    and Bayes' rule the exact Gaussian transition
+
+    .. math:: q(x_s \mid x_t, x) = \mathcal{N}\Big(
+                  \frac{\alpha_{t|s} \sigma_s^2}{\sigma_t^2} x_t + \frac{\alpha_s \sigma_{t|s}^2}{\sigma_t^2} x,\;
+                  \frac{\sigma_s^2 \sigma_{t|s}^2}{\sigma_t^2} I \Big),
+
+    that is, with :math:`\varepsilon = (x_t - \alpha_t x) / \sigma_t` and :math:`z \sim \mathcal{N}(0, I)`,
+
+    .. math:: x_s = \alpha_s x + \sigma_s \Big( \frac{\rho_s}{\rho_t} \varepsilon
+                    + \sqrt{1 - \rho_s^2 / \rho_t^2}\; z \Big).
+
+    With :math:`x = \hat{x}` this is a discretisation of the reverse-time SDE, whose transitions are those of the
+    forward process read backwards: started from a fixed :math:`x_{t_0}` it samples :math:`p(x \mid x_{t_0})`.
+    (Ho et al., 2020, eq. 6-7; Song et al., 2021.)
+    """
+    grid = _times(times)
+    schedule = denoiser.schedule
+    for t, s in pairwise(grid):
+        alpha_t, sigma_t, alpha_s, sigma_s = _step_coefficients(schedule, t, s)
+        x_hat = denoiser(x, t)
+        eps = epsilon_from_mean(x, x_hat, alpha_t, sigma_t)
+        keep = (sigma_s / alpha_s) / (sigma_t / alpha_t)  # rho_s / rho_t
+        x = alpha_s * x_hat + sigma_s * (keep * eps + math.sqrt(max(1.0 - keep**2, 0.0)) * _randn_like(x, generator))
+    return x
+
+
+@torch.no_grad()
+def ddim(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    times: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Deterministic DDIM: the first-order (Euler) step of the probability-flow ODE in :math:`(z, \rho)`.
+
+    .. math:: x_s = \alpha_s \hat{x}(x_t, t) + \sigma_s \hat{\varepsilon}(x_t, t),
+              \qquad\text{i.e.}\qquad z_s = z_t + (\rho_s - \rho_t) \hat{\varepsilon}.
+
+    Exact when :math:`\hat{x}` is constant along the step. ``generator`` is accepted and unused.
+    (Song, Meng & Ermon, 2021, eq. 12 with :math:`\sigma_t = 0`.)
+    """
+    grid = _times(times)
+    schedule = denoiser.schedule
+    for t, s in pairwise(grid):
+        alpha_t, sigma_t, alpha_s, sigma_s = _step_coefficients(schedule, t, s)
+        x_hat = denoiser(x, t)
+        x = alpha_s * x_hat + sigma_s * epsilon_from_mean(x, x_hat, alpha_t, sigma_t)
+    return x
+
+
+@torch.no_grad()
+def heun(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    times: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Heun's second-order method on the probability-flow ODE :math:`\mathrm{d}z / \mathrm{d}\rho = \hat{\varepsilon}`.
+
+    .. math:: \tilde{z}_s = z_t + (\rho_s - \rho_t)\, \hat{\varepsilon}(x_t, t), \qquad
+              z_s = z_t + \tfrac12 (\rho_s - \rho_t) \big(\hat{\varepsilon}(x_t, t)
+                    + \hat{\varepsilon}(\alpha_s \tilde{z}_s, s)\big),
+
+    with :math:`x = \alpha z`; two evaluations per step. A step that ends at :math:`\rho_s = 0`, where
+    :math:`\hat{\varepsilon}` is undefined, keeps the Euler value :math:`\tilde{z}_s = \hat{x}`.
+    ``generator`` is accepted and unused. (Karras et al., 2022, Algorithm 1.)
+    """
+    grid = _times(times)
+    schedule = denoiser.schedule
+    for t, s in pairwise(grid):
+        alpha_t, sigma_t, alpha_s, sigma_s = _step_coefficients(schedule, t, s)
+        rho_t, rho_s = sigma_t / alpha_t, sigma_s / alpha_s
+        z = x / alpha_t
+        slope = epsilon_from_mean(x, denoiser(x, t), alpha_t, sigma_t)
+        z_next = z + (rho_s - rho_t) * slope
+        if sigma_s > 0:
+            x_next = alpha_s * z_next
+            slope_next = epsilon_from_mean(x_next, denoiser(x_next, s), alpha_s, sigma_s)
+            z_next = z + (rho_s - rho_t) * 0.5 * (slope + slope_next)
+        x = alpha_s * z_next
+    return x
+
+
+@torch.no_grad()
+def pc(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    times: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    corrections: int = 1,
+    tau: float = 0.1,
+    adaptive: bool = True,
+) -> Tensor:
+    r"""Predictor-corrector: a DDIM step to :math:`s`, then ``corrections`` Langevin steps on :math:`p_s`.
+
+    .. math:: x \leftarrow x + \delta\, \nabla \log p_s(x) + \sqrt{2 \delta}\, z, \qquad z \sim \mathcal{N}(0, I),
+
+    with the score :math:`\nabla \log p_s = -\hat{\varepsilon} / \sigma_s`. The step size, per image, is that of
+    SDA (Rozet & Louppe, 2023), a constant ratio :math:`\sqrt{\tau / 2}` of drift to noise as in the "snr" rule of
+    Song et al. (2021, Algorithm 4):
+
+    .. math:: \delta = \frac{\tau}{\operatorname{mean}_i\, (\nabla \log p_s)_i^2}
+                     = \frac{\tau D}{\lVert \nabla \log p_s \rVert^2}
+                     = \frac{\tau \sigma_s^2 D}{\lVert \hat{\varepsilon} \rVert^2},
+
+    or, with ``adaptive=False``, the state-independent :math:`\delta = \tau \sigma_s^2` of annealed Langevin
+    dynamics (Song & Ermon, 2019), to which the first reduces at high noise, where
+    :math:`\lVert \hat{\varepsilon} \rVert^2 \approx D`.
+
+    Accuracy. Unadjusted Langevin is biased by :math:`O(\tau)`: with a fixed :math:`\delta`, on a Gaussian of variance
+    :math:`v` its stationary variance is :math:`v / (1 - \delta / 2v)`, at most :math:`v / (1 - \tau / 2)` here since
+    :math:`v \geq \sigma_s^2`. The adaptive step depends on the state; on an isotropic Gaussian in :math:`D`
+    dimensions its stationary variance is :math:`v (1 + \tau / 2) D / (D - 2)` to leading order in :math:`1/D`, a
+    bias that does not vanish with :math:`\tau`. It is a rule for images
+    (:math:`D \geq 10^3`), not for a handful of dimensions. The corrector targets the marginal :math:`p_s`: this
+    sampler is right when :math:`x_{t_0} \sim p_{t_0}`, e.g. from noise at :math:`t_0 = 1`, but it does not sample
+    :math:`p(x \mid x_{t_0})` from a fixed :math:`x_{t_0}` (use :func:`ancestral` for that). No correction is made
+    where :math:`\sigma_s = 0`.
+    """
+    if isinstance(corrections, bool) or not isinstance(corrections, int) or corrections < 0:
+        raise ValueError(f"corrections must be a non-negative integer, got {corrections!r}")
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    grid = _times(times)
+    schedule = denoiser.schedule
+    dims = tuple(range(1, x.ndim))
+    for t, s in pairwise(grid):
+        x = ddim(denoiser, x, [t, s])
+        alpha_s, sigma_s = _alpha_sigma(schedule, s)
+        if sigma_s == 0:
+            continue
+        for _ in range(corrections):
+            score = score_from_mean(x, denoiser(x, s), alpha_s, sigma_s)
+            if adaptive:
+                delta = tau / score.square().mean(dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+            else:
+                delta = torch.full((), tau * sigma_s**2, dtype=x.dtype, device=x.device)
+            x = x + delta * score + torch.sqrt(2 * delta) * _randn_like(x, generator)
+    return x
+
+
+SAMPLERS: dict[str, SamplerFn] = {
+    "ancestral": ancestral,
+    "ddim": ddim,
+    "heun": heun,
+    "pc": pc,
+}
+"""The samplers by name, as the command line offers them."""
+
+STOCHASTIC: frozenset[str] = frozenset({"ancestral", "pc"})
+"""The samplers that draw noise (and use the ``generator``); the others are deterministic given the start."""
+
+
+def _check(sampler: str, options: dict[str, object]) -> SamplerFn:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    function = SAMPLERS[sampler]
+    parameters = inspect.signature(function).parameters.values()
+    allowed = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY} - {"generator"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option {unknown}; its options are {sorted(allowed) or 'none'}")
+    return function
+
+
+def sample(
+    denoiser: DenoiserLike,
+    x: Tensor,
+    t_start: float,
+    t_stop: float = 0.0,
+    steps: int = 64,
+    sampler: str = "ddim",
+    *,
+    generator: torch.Generator | None = None,
+    denoise: bool = True,
+    power: float = 7.0,
+    **options: object,
+) -> Tensor:
+    r"""Run ``sampler`` from :math:`x_{t_\text{start}}` = ``x`` down to ``t_stop`` in ``steps`` steps.
+
+    The grid is :func:`time_grid` (``power`` sets its spacing). ``options`` go to the sampler (``corrections``,
+    ``tau`` for ``pc``). ``generator`` drives all randomness: the same seed gives the same output bit for bit.
+    Returns :math:`\hat{x}(x_{t_\text{stop}}, t_\text{stop})` if ``denoise`` (one more evaluation; see the module
+    docstring), else :math:`x_{t_\text{stop}}`; same shape, dtype and device as ``x``.
+    """
+    function = _check(sampler, options)
+    times = time_grid(denoiser.schedule, t_start, t_stop, steps, power=power)
+    with torch.no_grad():
+        x = function(denoiser, x, times, generator=generator, **options)
+        if denoise and _alpha_sigma(denoiser.schedule, float(times[-1]))[1] > 0:
+            x = denoiser(x, float(times[-1]))
+    return x
+
+
+def nfe(sampler: str, steps: int, *, denoise: bool = True, noiseless_end: bool = False, **options: object) -> int:
+    """The number of denoiser evaluations :func:`sample` makes with these arguments.
+
+    ``ancestral`` and ``ddim`` make 1 per step, ``heun`` 2, ``pc`` ``1 + corrections``; plus 1 for the final
+    Tweedie step if ``denoise``. ``noiseless_end`` says that :math:`\\sigma_{t_\\text{stop}} = 0` exactly (not the
+    case for the schedules' defaults): then the last step of ``heun`` is Euler, ``pc`` makes no correction at the
+    end, and there is no final Tweedie step; ``steps`` must then be ``len(time_grid(...)) - 1``, which can be less
+    than the steps asked for.
+    """
+    _check(sampler, options)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    default = inspect.signature(pc).parameters["corrections"].default
+    corrections = int(options.get("corrections", default))  # type: ignore[call-overload]
+    per_step = {"ancestral": 1, "ddim": 1, "heun": 2, "pc": 1 + corrections}[sampler]
+    count = per_step * steps
+    if noiseless_end:
+        return count - {"heun": 1, "pc": corrections}.get(sampler, 0)
+    return count + int(denoise)
