@@ -22,6 +22,11 @@ The other two views follow by identity (Vincent, 2011; Song et al., 2021):
 .. math:: \hat{\varepsilon} = (x_t - \alpha_t \hat{x}) / \sigma_t, \qquad
           \nabla_{x_t} \log p_t(x_t) = -\hat{\varepsilon} / \sigma_t.
 
+Choice: ``edm`` is the default. At equal short budgets ``eps`` denoised 0.4–0.7 dB better at
+:math:`\sigma \le 0.3` and ``edm`` better at :math:`\sigma = 0.5` (``benchmarks/RESULTS.md``): on the
+:math:`\hat{x}` error, ``eps`` weighs :math:`1/\rho^2` and ``edm`` :math:`(1 + 4\rho^2)/\rho^2`, so ``edm``
+gives more weight to the high noise levels that sampling from pure noise depends on.
+
 Training noise levels: :math:`\log \rho \sim \mathcal{N}(P_\text{mean}, P_\text{std}^2)` (Karras et al.,
 2022), clipped to the schedule's range, mapped to :math:`t` by the schedule's inverse.
 """
