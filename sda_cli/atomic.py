@@ -8,12 +8,13 @@ partial file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "write_failure"]
 
 
 @contextlib.contextmanager
@@ -38,3 +39,16 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_failure(error: Exception) -> tuple[str, str]:
+    """Why a write failed and what to do, in a few words each (``OSError`` or a library's error text)."""
+    code = getattr(error, "errno", None)
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if code in (errno.ENOSPC, errno.EDQUOT) or "StorageFull" in text or "os error 28" in text:
+        return "no space left on the device", "free some space or choose another output; any previous file is kept"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return os.strerror(code), "choose a writable folder for the output"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return "a parent of the path is a file, not a folder", "choose another output path"
+    return text, "check the output folder and the free disk space"

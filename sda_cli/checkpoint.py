@@ -8,13 +8,16 @@ Two kinds of file, both safetensors (never pickle), both written atomically:
 * a **training state** file: weights, EMA, optimiser moments and random states as tensors, with
   the optimiser's hyper-parameters, step and config as JSON metadata, so that a run resumes exactly.
 
-Metadata is parsed as JSON and validated before anything is built from it.
+Metadata is parsed as JSON and validated before anything is built from it: types and ranges of every
+model option, and the U-Net's parameter count, computed from the config alone (:func:`parameter_count`),
+so that a hostile or damaged file cannot make us allocate a huge model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sda_cli.atomic import atomic_path
+from sda_cli.atomic import atomic_path, write_failure
 from sda_cli.denoiser import Denoiser, DenoiserConfig
 from sda_cli.schedule import make_schedule
 from sda_cli.unet import UNet, UNetConfig
@@ -32,9 +35,11 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "build_denoiser",
+    "check_config",
     "complete_config",
     "load_model",
     "load_state",
+    "parameter_count",
     "read_metadata",
     "save_model",
     "save_state",
@@ -46,10 +51,17 @@ MAX_METADATA_BYTES = 1 << 20
 MAX_WIDTH = 4096
 MAX_LEVELS = 8
 MAX_BLOCKS = 16
+MAX_HEADS = 64
+MAX_IMAGE_SIZE = 1 << 14
+MAX_PARAMETERS = 500_000_000
+"""Largest U-Net that a config may describe (2 GB of fp32 weights); checked before anything is built."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line that says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split("\n")).replace("\r", " "))
 
 
 def complete_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -62,53 +74,117 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def parameter_count(model: dict[str, Any]) -> int:
+    """The number of parameters of the U-Net that a ``model`` config section describes, without building it.
+
+    Mirrors :class:`sda_cli.unet.UNet` layer by layer (a test checks it against the built network).
+    """
+    cfg = UNetConfig.from_dict(model)
+
+    def conv(width_in: int, width_out: int, kernel: int) -> int:
+        return width_in * width_out * kernel * kernel + width_out
+
+    def block(width_in: int, width: int, attention: bool) -> int:
+        res = 2 * width_in + conv(width_in, width, 3) + embedding * 2 * width + 2 * width + 2 * width
+        res += conv(width, width, 3) + (conv(width_in, width, 1) if width_in != width else 0)
+        return res + ((2 * width + conv(width, 3 * width, 1) + conv(width, width, 1)) if attention else 0)
+
+    widths, n = list(cfg.widths), cfg.blocks
+    embedding = 4 * widths[0]
+    total = (widths[0] * embedding + embedding) + (embedding * embedding + embedding) + conv(cfg.channels, widths[0], 3)
+    skips, current = [widths[0]], widths[0]
+    for i, width in enumerate(widths):
+        total += sum(block(w, width, i in cfg.attention_levels) for w in [current] + [width] * (n - 1))
+        current = width
+        skips += [width] * n
+        if i < len(widths) - 1:
+            total += conv(width, width, 3)
+            skips.append(width)
+    total += 2 * block(current, current, True)
+    for i, width in reversed(list(enumerate(widths))):
+        for _ in range(n + 1):
+            total += block(current + skips.pop(), width, i in cfg.attention_levels)
+            current = width
+        if i > 0:
+            total += conv(width, width, 3)
+    return total + 2 * current + conv(current, cfg.channels, 3)
+
+
 def build_denoiser(config: dict[str, Any]) -> Denoiser:
-    """Build an untrained denoiser from a validated config."""
+    """Build an untrained denoiser from a config; refuses a U-Net of more than :data:`MAX_PARAMETERS`."""
+    count = parameter_count(config["model"])
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{_too_large(count)}; use smaller widths or fewer blocks")
     unet = UNet(UNetConfig.from_dict(config["model"]))
     return Denoiser(unet, make_schedule(config["schedule"]), DenoiserConfig.from_dict(config["denoiser"]))
 
 
-def _validate(config: Any, path: Path) -> dict[str, Any]:
-    def fail(reason: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {reason}; use a checkpoint written by `sda train`")
+def _too_large(count: int) -> str:
+    return f"the config describes a U-Net of {count:,} parameters, more than the limit of {MAX_PARAMETERS:,}"
 
+
+def check_config(config: Any) -> dict[str, Any]:
+    """Validate a checkpoint config (parsed JSON) before anything is built from it; return it unchanged.
+
+    Checks types and ranges of every model option and the parameter count (:func:`parameter_count`), and that
+    every section parses. Raises :class:`CheckpointError` with the reason (no path, no advice).
+    """
     if not isinstance(config, dict):
-        raise fail("metadata is not a JSON object")
+        raise CheckpointError("metadata is not a JSON object")
     version = config.get("format")
-    if not isinstance(version, int):
-        raise fail("metadata has no format version")
+    if not _is_int(version) or version < 1:
+        raise CheckpointError("metadata has no format version")
     if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {version} is newer than this sda reads ({FORMAT_VERSION}); upgrade sda"
-        )
+        raise CheckpointError(f"checkpoint format {version} is newer than this sda reads ({FORMAT_VERSION})")
     for key in ("model", "denoiser", "schedule"):
         if not isinstance(config.get(key), dict):
-            raise fail(f"metadata has no {key!r} section")
+            raise CheckpointError(f"metadata has no {key!r} section")
     model = config["model"]
     widths = model.get("widths")
     if not (isinstance(widths, list) and 1 <= len(widths) <= MAX_LEVELS):
-        raise fail("model widths are missing or out of range")
-    if not all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in widths):
-        raise fail("model widths are missing or out of range")
-    if not (isinstance(model.get("blocks"), int) and 1 <= model["blocks"] <= MAX_BLOCKS):
-        raise fail("model block count is missing or out of range")
-    if model.get("channels") not in (1, 3):
-        raise fail("model channels must be 1 or 3")
+        raise CheckpointError(f"model widths are missing or not 1 to {MAX_LEVELS} levels")
+    if not all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in widths):
+        raise CheckpointError(f"model widths must be whole numbers from 1 to {MAX_WIDTH}")
+    if widths[0] % 2:  # the noise embedding has widths[0] features, half sines and half cosines
+        raise CheckpointError(f"the first model width must be even, not {widths[0]}")
+    if not (_is_int(model.get("blocks")) and 1 <= model["blocks"] <= MAX_BLOCKS):
+        raise CheckpointError(f"model block count is missing or not 1 to {MAX_BLOCKS}")
+    if not (_is_int(model.get("channels")) and model["channels"] in (1, 3)):
+        raise CheckpointError("model channels must be 1 or 3")
+    levels = model.get("attention_levels", [])
+    if not (isinstance(levels, list) and all(_is_int(level) and 0 <= level < MAX_LEVELS for level in levels)):
+        raise CheckpointError(f"model attention levels must be whole numbers from 0 to {MAX_LEVELS - 1}")
+    for key, limit in (("heads", MAX_HEADS), ("groups", MAX_WIDTH)):
+        if key in model and not (_is_int(model[key]) and 1 <= model[key] <= limit):
+            raise CheckpointError(f"model {key} must be a whole number from 1 to {limit}")
+    dropout = model.get("dropout", 0.0)
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise CheckpointError("model dropout must be a number in [0, 1)")
     for key, value in config["schedule"].items():
         if key != "name" and not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise fail(f"schedule option {key!r} is not a finite number")
+            raise CheckpointError(f"schedule option {key!r} is not a finite number")
+    for key, limit in (("image_size", MAX_IMAGE_SIZE), ("channels", 3)):
+        if key in config and not (_is_int(config[key]) and 1 <= config[key] <= limit):
+            raise CheckpointError(f"{key} must be a whole number from 1 to {limit}")
+    if not isinstance(config.get("training", {}), dict):
+        raise CheckpointError("the 'training' section is not a JSON object")
     try:
-        _parse_sections(config)
-    except (TypeError, ValueError) as error:
-        raise fail(f"invalid config ({error})") from None
+        unet = UNetConfig.from_dict(model)
+        DenoiserConfig.from_dict(config["denoiser"])
+        make_schedule(config["schedule"])
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"invalid config ({type(error).__name__}: {error})") from None
+    attended = {unet.widths[-1]} | {unet.widths[level] for level in unet.attention_levels if level < len(widths)}
+    if any(width % unet.heads for width in attended):
+        raise CheckpointError(f"model heads ({unet.heads}) do not divide the widths {sorted(attended)} with attention")
+    count = parameter_count(model)
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(_too_large(count))
     return config
 
 
-def _parse_sections(config: dict[str, Any]) -> None:
-    """Parse every section without allocating weights (raises TypeError/ValueError)."""
-    UNetConfig.from_dict(config["model"])
-    DenoiserConfig.from_dict(config["denoiser"])
-    make_schedule(config["schedule"])
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -131,7 +207,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         config = json.loads(text)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: sda metadata is not valid JSON ({error.msg})") from None
-    return _validate(config, path)
+    except (ValueError, RecursionError) as error:  # e.g. integers of thousands of digits, or deep nesting
+        raise CheckpointError(f"{path}: sda metadata cannot be parsed ({type(error).__name__})") from None
+    if isinstance(config, dict) and _is_int(config.get("format")) and config["format"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {config['format']} is newer than this sda reads ({FORMAT_VERSION}); upgrade sda"
+        )
+    try:
+        return check_config(config)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}; use a checkpoint written by `sda train`") from None
 
 
 def _read_tensors(path: Path, prefix: str = "") -> dict[str, Tensor]:
@@ -166,8 +251,19 @@ def save_model(path: str | Path, denoiser: Denoiser, config: dict[str, Any], hal
         name: (t.detach().to("cpu", torch.float16 if half and t.is_floating_point() else t.dtype)).contiguous()
         for name, t in denoiser.backbone.state_dict().items()
     }
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(config)})
+    _write(path, tensors, config)
+
+
+def _write(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any]) -> None:
+    """Write tensors and the JSON config atomically; a failure leaves any existing file as it was."""
+    try:
+        with atomic_path(path) as temporary:
+            mode = temporary.stat().st_mode  # safetensors makes its files owner-only: keep the usual mode
+            save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(config)})
+            os.chmod(temporary, mode)
+    except (OSError, SafetensorError) as error:
+        reason, advice = write_failure(error)
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}); {advice}") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Denoiser, dict[str, Any]]:
@@ -183,11 +279,17 @@ def save_state(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str,
     """Write a training state (flat tensors plus JSON metadata) atomically."""
     config = {"format": FORMAT_VERSION, **metadata}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as temporary:
-        save_file(flat, str(temporary), metadata={METADATA_KEY: json.dumps(config)})
+    _write(path, flat, config)
 
 
 def load_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a training state written by :func:`save_state`."""
     path = Path(path)
-    return _read_tensors(path), read_metadata(path)
+    metadata = read_metadata(path)
+    step = metadata.get("step")
+    if not (_is_int(step) and step >= 0 and isinstance(metadata.get("optimizer"), list)):
+        raise CheckpointError(
+            f"{path}: not a training state (no step or optimiser settings); resume from the model file instead "
+            "by moving this file away"
+        )
+    return _read_tensors(path), metadata

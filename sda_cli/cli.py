@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import secrets
+import socket
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -17,8 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sda_cli import posterior, sampler
-from sda_cli.checkpoint import CheckpointError, load_model, read_metadata
-from sda_cli.data import DataError, load_dataset
+from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, load_model, read_metadata
 from sda_cli.denoiser import PARAMETRISATIONS, Denoiser
 from sda_cli.images import (
     DEFAULT_MAX_PIXELS,
@@ -32,7 +36,8 @@ from sda_cli.images import (
     to_pixels,
     write_image,
 )
-from sda_cli.train import StepReport, TrainConfig, TrainingError, pick_device, train
+
+# sda_cli.train and sda_cli.data import torchvision (about a second): they are imported where they are used.
 
 __all__ = ["app", "main"]
 
@@ -54,6 +59,23 @@ class UsageError(ValueError):
 
 DEFAULT_STEPS = {"ancestral": 128, "ddim": 64, "heun": 32, "pc": 64}
 """Default step counts per sampler (``--steps`` overrides)."""
+
+MAX_SEED = 2**63 - 1
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+DOWNLOAD_TIMEOUT = 60.0
+"""Seconds without an answer before a CIFAR-10 download gives up."""
+
+_debug = False
+"""Set by :func:`main` from ``--debug`` or ``SDA_DEBUG``: per-file errors then show their traceback too."""
+
+Seed = Annotated[
+    int | None,
+    typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw; without it one is drawn (see --verbose)."),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print the seed, device and model used.")]
+MaxPixels = Annotated[
+    int, typer.Option(min=1, help="Refuse images with more pixels (a guard against decompression bombs).")
+]
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -77,13 +99,37 @@ def parse_sigma(text: str) -> float:
     return value
 
 
-def _load_model(path: Path | None, device: torch.device) -> Denoiser:
+def _load_model(path: Path | None, device: torch.device, verbose: bool) -> Denoiser:
     path = path or DEFAULT_MODEL
     if not path.is_file():
         hint = "train one with `sda train` or pass --model FILE" if path == DEFAULT_MODEL else "check the path"
         raise CheckpointError(f"no model at {path}; {hint}")
     denoiser, _ = load_model(path, device)
+    if verbose:
+        _say(f"model: {path}; device: {device}")
     return denoiser
+
+
+def _device(name: str) -> torch.device:
+    """``--device``: auto (CUDA when available), cpu, cuda or cuda:N.
+
+    The same rule as :func:`sda_cli.train.pick_device`, here to keep ``sda_cli.train`` (which imports
+    torchvision, a second or two) out of the commands that do not train.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def _pairs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Path, Path]]:
@@ -95,10 +141,15 @@ def _pairs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Path, Pa
     if not many and output.suffix == "" and not output.exists():
         many = True
     pairs = [(f, output_path_for(f, output, many)) for f in files]
-    if not force:
-        for source, target in pairs:
-            if target.exists() and target.resolve() == source.resolve():
-                raise UsageError(f"{target} would overwrite its input; choose another -o or pass --force")
+    written: dict[Path, Path] = {}
+    for source, target in pairs:
+        if not force and target.exists() and target.resolve() == source.resolve():
+            raise UsageError(f"{target} would overwrite its input; choose another -o or pass --force")
+        first = written.setdefault(target.resolve(), source)
+        if first != source:
+            raise UsageError(
+                f"{first} and {source} would both be written to {target}; pass inputs with distinct file names"
+            )
     return pairs
 
 
@@ -121,14 +172,16 @@ class _Failures:
     def __init__(self) -> None:
         self.count = 0
 
-    def report(self, error: Exception) -> None:
+    def report(self, error: Exception, message: str | None = None) -> None:
         self.count += 1
-        console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        _traceback(error)
+        _say(f"error: {_one_line(message or str(error))}")
 
     def exit(self, total: int) -> None:
         if self.count:
-            console.print(f"{self.count} of {total} files failed", highlight=False)
-            raise typer.Exit(1)
+            if total > 1:
+                _say(f"{self.count} of {total} files failed")
+            raise typer.Exit(EXIT_FAILED)
 
 
 def _write(path: Path, pixels: torch.Tensor, image: LoadedImage, bits: int | None) -> None:
@@ -138,13 +191,13 @@ def _write(path: Path, pixels: torch.Tensor, image: LoadedImage, bits: int | Non
     write_image(path, pixels.cpu(), alpha=image.alpha, bits=None if path.suffix.lower() == ".npy" else bits)
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
+def _generator(seed: int | None, device: torch.device, verbose: bool) -> torch.Generator:
+    """A generator seeded by ``seed``, or by a freshly drawn seed that ``verbose`` prints so a run can be repeated."""
     if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
+        seed = secrets.randbits(32)
+    if verbose:
+        _say(f"seed: {seed} (the same command with --seed {seed} repeats this run)")
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _batches(
@@ -176,7 +229,9 @@ def train_command(
         "model.safetensors"
     ),
     steps: Annotated[int, typer.Option(min=1, help="Total optimisation steps (a resumed run counts on).")] = 100_000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (per process under torchrun).")] = 64,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=1 << 16, help="Images per step (per process under torchrun).")
+    ] = 64,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate after warm-up.")] = 4e-4,
     warmup: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up steps.")] = 500,
     ema_decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="EMA decay of the shipped weights.")] = 0.999,
@@ -191,10 +246,22 @@ def train_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast), bf16, fp16 or fp32.")] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the U-Net.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw.")] = 0,
+    no_download: Annotated[
+        bool,
+        typer.Option(
+            "--no-download",
+            envvar="SDA_NO_DOWNLOAD",
+            help="Never download CIFAR-10: fail when no local copy is found (or set SDA_NO_DOWNLOAD=1).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a score model by denoising score matching; writes OUT and OUT's training state."""
+    """Train a score model by denoising score matching; writes OUT and OUT's training state.
+
+    A checkpoint is written every --checkpoint-every steps, at the end, on Ctrl-C (exit code 130) and on SIGTERM
+    (exit code 143); continue with --resume.
+    """
     if channels not in (1, 3):
         raise UsageError("--channels must be 1 or 3")
     if parametrisation not in PARAMETRISATIONS:
@@ -203,7 +270,7 @@ def train_command(
         raise UsageError("--precision must be auto, bf16, fp16 or fp32")
     width_list = _ints(widths, "--widths")
     levels = _ints(attention, "--attention")
-    if not width_list or any(w < 1 or w > 4096 for w in width_list):
+    if not 1 <= len(width_list) <= 8 or any(w < 1 or w > 4096 for w in width_list):
         raise UsageError("--widths needs 1 to 8 widths between 1 and 4096, such as 64,128,192")
     if image_size % 2 ** (len(width_list) - 1):
         raise UsageError(
@@ -216,6 +283,16 @@ def train_command(
         "denoiser": {"parametrisation": parametrisation},
         "schedule": {"name": "cosine"},
     }
+    if not resume:
+        try:
+            check_config({"format": FORMAT_VERSION, **model_config})
+        except CheckpointError as error:
+            raise UsageError(f"{error}; change --widths, --blocks or --attention") from None
+    torch_device = _device(device)
+    _check_writable(out)
+    from sda_cli.data import cifar10, load_dataset
+    from sda_cli.train import StepReport, TrainConfig, train
+
     config = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -227,12 +304,21 @@ def train_command(
         precision=precision,
         compile=compile,
     )
-    torch_device = pick_device(device)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    data = load_dataset(dataset, data_dir, image_size, channels)
+    if dataset.lower() != "cifar10":
+        data = load_dataset(dataset, data_dir, image_size, channels)
+    elif no_download and (image_size, channels) == (32, 3):
+        data = cifar10(data_dir, download=False)
+    else:
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's download sets none: it could wait for ever
+        try:
+            data = load_dataset(dataset, data_dir, image_size, channels)
+        finally:
+            socket.setdefaulttimeout(timeout)
     if main_process:
         skipped = f" ({data.skipped} unreadable files skipped)" if data.skipped else ""
-        console.print(f"data: {data.name}, {len(data.images)} images{skipped}; device: {torch_device}")
+        _say(f"data: {data.name}, {len(data.images)} images{skipped}; device: {torch_device}")
 
     progress = Progress(
         TextColumn("step {task.completed}/{task.total}"),
@@ -257,10 +343,22 @@ def train_command(
             resume=resume,
             device=torch_device,
             on_step=on_step,
-            log=console.print if main_process else None,
+            log=_say if main_process else None,
         )
     if main_process:
-        console.print(f"wrote {out} at step {final}")
+        _say(f"wrote {out} at step {final}")
+    if final < steps:  # stopped by SIGTERM; the checkpoint is written
+        raise typer.Exit(EXIT_TERMINATED)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not at the first checkpoint, when the output folder cannot be created or written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(out)) from None
 
 
 @app.command("noise")
@@ -268,12 +366,11 @@ def noise_command(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or folder for several inputs.")],
     sigma: Annotated[str, typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255).")],
-    seed: Annotated[int | None, typer.Option(help="Seed of the noise; the same seed gives the same files.")] = None,
+    seed: Seed = None,
     bits: Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")] = None,
     force: Annotated[bool, typer.Option(help="Allow an output to overwrite its input.")] = False,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = (
-        DEFAULT_MAX_PIXELS
-    ),
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    verbose: Verbose = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Add white Gaussian noise: y = x + sigma * n, n ~ N(0, I) per pixel and channel.
@@ -285,7 +382,7 @@ def noise_command(
     if bits not in (None, 8, 16):
         raise UsageError("--bits must be 8 or 16")
     pairs = _pairs(inputs, output, force)
-    generator = _generator(seed, torch.device("cpu"))
+    generator = _generator(seed, torch.device("cpu"), verbose)
     failures = _Failures()
     with _progress(quiet or len(pairs) < 2) as progress:
         task = progress.add_task("noise", total=len(pairs))
@@ -317,8 +414,9 @@ def _match_channels(
         extra = level * torch.randn(y.expand(-1, 3, -1, -1).shape, generator=generator, device=generator.device)
         extra = extra - extra.mean(dim=1, keepdim=True)  # the part across u
         return y.expand(-1, 3, -1, -1) + extra.to(y.device), level, lambda x: x.mean(dim=1, keepdim=True)
-    raise UsageError(
-        "the model is grey (1 channel) but the image is RGB; convert the image to grey or use an RGB model"
+    raise ValueError(
+        "the image is RGB but the model is grey (1 channel); convert the image to grey, or pass an RGB model "
+        "with --model"
     )
 
 
@@ -333,13 +431,12 @@ def denoise_command(
         str, typer.Option("--sampler", help="Sampler of the posterior method (ancestral: the reverse SDE).")
     ] = "ancestral",
     steps: Annotated[int | None, typer.Option(min=1, max=10_000, help="Sampler steps (posterior).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random draw.")] = None,
+    seed: Seed = None,
     bits: Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Allow an output to overwrite its input.")] = False,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = (
-        DEFAULT_MAX_PIXELS
-    ),
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    verbose: Verbose = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Denoise images with additive white Gaussian noise of known sigma.
@@ -355,33 +452,67 @@ def denoise_command(
         raise UsageError(f"--sampler must be one of {', '.join(posterior.POSTERIOR_SAMPLERS)} for posterior samples")
     if bits not in (None, 8, 16):
         raise UsageError("--bits must be 8 or 16")
-    torch_device = pick_device(device)
+    torch_device = _device(device)
     pairs = _pairs(inputs, output, force)
-    denoiser = _load_model(model, torch_device)
+    denoiser = _load_model(model, torch_device, verbose)
     sigma_y = 2 * value
-    posterior.matched_time(denoiser.schedule, sigma_y)  # refuses a sigma outside the model's range
+    _check_sigma(denoiser, sigma, sigma_y)
     channels = denoiser.backbone.config.channels
-    generator = _generator(seed, torch_device)
+    generator = _generator(seed, torch_device, verbose)
     step_count = steps or DEFAULT_STEPS[sampler_name]
     failures = _Failures()
     with _progress(quiet or len(pairs) < 2) as progress:
         task = progress.add_task("denoise", total=len(pairs))
         for batch in _batches(pairs, max_pixels, 1 << 17, failures):
-            y = to_model(torch.stack([image.pixels for _, _, image in batch])).to(torch_device)
-            y, level, back = _match_channels(y, sigma_y, channels, generator)
-            if method == "mmse":
-                x = posterior.mmse(denoiser, y, level)
-            else:
-                x = posterior.posterior_sample(
-                    denoiser, y, level, sampler=sampler_name, steps=step_count, generator=generator
-                )[0]
-            for (_, target, image), result in zip(batch, to_pixels(back(x)), strict=True):
+            try:
+                y = to_model(torch.stack([image.pixels for _, _, image in batch])).to(torch_device)
+                y, level, back = _match_channels(y, sigma_y, channels, generator)
+                if method == "mmse":
+                    x = posterior.mmse(denoiser, y, level)
+                else:
+                    x = posterior.posterior_sample(
+                        denoiser, y, level, sampler=sampler_name, steps=step_count, generator=generator
+                    )[0]
+                results = to_pixels(back(x))
+            except (ValueError, RuntimeError) as error:  # an RGB image on a grey model; too little memory
+                for source, _, _ in batch:
+                    failures.report(error, f"{source}: {_model_failure(error)}")
+                progress.advance(task, len(batch))
+                continue
+            for (_, target, image), result in zip(batch, results, strict=True):
                 try:
                     _write(target, result, image, bits)
                 except ImageError as error:
                     failures.report(error)
             progress.advance(task, len(batch))
     failures.exit(len(pairs))
+
+
+def _check_sigma(denoiser: Denoiser, text: str, sigma_y: float) -> None:
+    """Refuse a --sigma outside the model's range of noise levels, saying the range in pixel units."""
+    try:
+        posterior.matched_time(denoiser.schedule, sigma_y)
+    except ValueError:
+        low, high = (level / 2 for level in denoiser.schedule.ratio_range())  # model units are twice pixel units
+        advice = (
+            "noise this weak is below what the model knows: use the image as it is"
+            if sigma_y / 2 < low
+            else "use a model trained on stronger noise"
+        )
+        raise UsageError(
+            f"--sigma {text} is outside this model's noise range [{low:.3g}, {high:.3g}] (in [0, 1] pixel units); "
+            f"pass a --sigma in that range ({advice})"
+        ) from None
+
+
+def _model_failure(error: Exception) -> str:
+    """What went wrong when the model ran on an image, and what to do."""
+    text = _one_line(str(error))
+    if isinstance(error, ValueError):
+        return text
+    if "memory" in text.lower():
+        return f"not enough memory ({text}); pass smaller images, or use another --device"
+    return f"the model failed on this image ({text}); rerun with --debug for the traceback and report it"
 
 
 @app.command("sample")
@@ -392,9 +523,10 @@ def sample_command(
     sampler_name: Annotated[str, typer.Option("--sampler", help="ancestral, ddim, heun or pc.")] = "heun",
     steps: Annotated[int | None, typer.Option(min=1, max=10_000, help="Sampler steps (default per sampler).")] = None,
     size: Annotated[int | None, typer.Option(min=8, max=4096, help="Image side (default: the training size).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random draw.")] = None,
+    seed: Seed = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples drawn at once.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    verbose: Verbose = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Sample new images by solving the reverse-time SDE or ODE from pure noise."""
@@ -403,13 +535,13 @@ def sample_command(
     is_folder = output.suffix == "" or output.is_dir()
     if not is_folder and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
         raise UsageError(f"-o {output}: name a .png (or other image) file for a grid, or a folder")
-    torch_device = pick_device(device)
-    denoiser = _load_model(model, torch_device)
+    torch_device = _device(device)
+    denoiser = _load_model(model, torch_device, verbose)
     config = read_metadata(model or DEFAULT_MODEL)
     side = size or int(config.get("image_size", 32))
     channels = denoiser.backbone.config.channels
     step_count = steps or DEFAULT_STEPS[sampler_name]
-    generator = _generator(seed, torch_device)
+    generator = _generator(seed, torch_device, verbose)
     console.print(
         f"{sampler_name}, {step_count} steps: {sampler.nfe(sampler_name, step_count)} network evaluations per sample"
     )
@@ -432,7 +564,7 @@ def sample_command(
         write_image(output / "grid.png", make_grid(images))
     else:
         write_image(output, make_grid(images))
-    console.print(f"wrote {n} samples to {output}", highlight=False)
+    _say(f"wrote {n} samples to {output}")
 
 
 @app.command("info")
@@ -443,22 +575,84 @@ def info_command(
     typer.echo(json.dumps(read_metadata(model), indent=2))
 
 
-ERRORS = (UsageError, CheckpointError, DataError, ImageError, TrainingError, ValueError, OSError)
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an error (or set SDA_DEBUG=1).")
+    ] = False,
+) -> None:
+    """Score-based diffusion on images: train a U-Net score model, add noise, denoise, sample."""
+
+
+# Typer raises click's exceptions (its own copy of click in recent versions): found from a public one.
+_CLICK_ERROR = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "ClickException")
+_NO_ARGS_IS_HELP = getattr(sys.modules[_CLICK_ERROR.__module__], "NoArgsIsHelpError", ())
 
 
 def main() -> None:
-    """Entry point: one-line errors and a non-zero exit code; ``--debug`` or ``SDA_DEBUG=1`` shows tracebacks."""
-    debug = "--debug" in sys.argv or os.environ.get("SDA_DEBUG") == "1"
-    if "--debug" in sys.argv:
-        sys.argv.remove("--debug")
+    """Entry point: one-line errors and an exit code (see README); ``--debug`` or ``SDA_DEBUG=1`` shows tracebacks.
+
+    Exit codes: 0 success; 1 a file, checkpoint or data set could not be used; 2 a bad option value or usage;
+    130 interrupted (Ctrl-C); 143 training stopped by SIGTERM (its checkpoint written).
+    """
+    global _debug
+    args = sys.argv[1:]
+    _debug = "--debug" in args or os.environ.get("SDA_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
     try:
-        app()
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-    except ERRORS as error:
-        if debug:
-            raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2 if isinstance(error, UsageError) else 1)
+        code = app(args=args, prog_name="sda", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as error:
+        typer.echo(error.ctx.get_help() if error.ctx else str(error))
+        code = EXIT_USAGE
+    except _CLICK_ERROR as error:  # a bad option value, a missing argument, an unknown option
+        _traceback(error)
+        command = error.ctx.command_path if getattr(error, "ctx", None) else "sda"
+        _say(f"error: {_one_line(error.format_message()).rstrip('.')}; see `{command} --help`")
+        code = EXIT_USAGE
+    except (KeyboardInterrupt, typer.Abort):
+        code = EXIT_INTERRUPTED
+    except Exception as error:
+        _traceback(error)
+        _say(f"error: {_describe(error)}")
+        code = EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED
+    if code == EXIT_INTERRUPTED:
+        _say("interrupted")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _traceback(error: BaseException) -> None:
+    if _debug:
+        traceback.print_exception(error)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(error: Exception) -> str:
+    """A one-line message for an error that ends a command: what is wrong and what to do."""
+    text = _one_line(str(error))
+    known: list[type[Exception]] = [UsageError, CheckpointError, ImageError]
+    for module, name in (("sda_cli.data", "DataError"), ("sda_cli.train", "TrainingError")):
+        if module in sys.modules:  # not imported: cannot have raised (and importing torchvision takes a second)
+            known.append(getattr(sys.modules[module], name))
+    if isinstance(error, tuple(known)):
+        return text or type(error).__name__
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or text
+        advice = "check the path, its permissions and the free disk space"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = "free some disk space or write elsewhere; earlier files are kept"
+        elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            advice = "choose a folder you can write to, or fix its permissions"
+        elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+            reason, advice = "a parent of the path is a file, not a folder", "choose another path"
+        elif error.errno == errno.ENOENT:
+            advice = "check the path"
+        return f"{where}{reason}; {advice}"
+    if isinstance(error, MemoryError) or "memory" in text.lower():
+        return f"not enough memory ({text or 'MemoryError'}); use a smaller --batch-size, smaller images or -n"
+    if isinstance(error, ValueError) and text:
+        return text
+    return f"unexpected {type(error).__name__}: {text}; rerun with --debug for the traceback and report it"

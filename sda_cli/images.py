@@ -37,7 +37,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from sda_cli.atomic import atomic_path
+from sda_cli.atomic import atomic_path, write_failure
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -468,7 +468,10 @@ def write_image(
                 _save_pillow(_quantise(samples, np.uint8), temporary, kind)
     except ImageError:
         raise
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except OSError as error:
+        reason, advice = write_failure(error)
+        raise ImageError(f"{path}: cannot write the image ({reason}); {advice}") from None
+    except (ValueError, TypeError, KeyError) as error:
         raise ImageError(
             f"{path}: cannot write the image ({type(error).__name__}: {error}); check the folder"
         ) from None

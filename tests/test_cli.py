@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from sda_cli.checkpoint import read_metadata
 
 
 def sda(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "sda_cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+    # one intra-op thread, as in conftest: on a busy machine, threads waiting for each other are many times slower
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def ok(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -176,6 +182,16 @@ def test_sample_grid_and_folder_are_seeded(tmp_path: Path, tiny_model: Path) -> 
         ),
         (["train", "--dataset", "{tmp}", "-o", "{tmp}/m.safetensors"], "no images found", 1),
         (["train", "--widths", "a,b"], "--widths takes comma-separated", 2),
+        (["noise", "{img}", "--sigma", "inf", "-o", "{tmp}/x.png"], "--sigma must be a positive finite", 2),
+        (["noise", "{img}", "--sigma", "1/", "-o", "{tmp}/x.png"], "--sigma takes a number such as", 2),
+        (["noise", "{img}", "--sigma", "a/b", "-o", "{tmp}/x.png"], "--sigma takes a number such as", 2),
+        (["noise", "{img}", "--sigma", "0.1", "--seed", str(10**30), "-o", "{tmp}/x.png"], "'--seed'", 2),
+        (["noise", "{img}", "--sigma", "0.1", "--colour", "-o", "{tmp}/x.png"], "No such option: --colour", 2),
+        (["denoise", "{img}", "--sigma", "0.1", "--steps", "0", "-o", "{tmp}/x.png"], "'--steps'", 2),
+        (["denoise", "{img}", "--sigma", "0.1", "--steps", str(10**9), "-o", "{tmp}/x.png"], "'--steps'", 2),
+        (["denoise", "{img}", "--sigma", "0.1", "--device", "tpu", "-o", "{tmp}/x.png"], "--device must be", 2),
+        (["sample", "-n", "0", "-o", "{tmp}/s.png"], "'-n'", 2),
+        (["sample", "-n", str(10**9), "-o", "{tmp}/s.png"], "'-n'", 2),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_code(
@@ -199,3 +215,28 @@ def test_one_bad_file_among_many_is_skipped_and_reported(tmp_path: Path, image_d
     assert result.returncode == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
     assert "b.png" in result.stderr and "1 of 3 files failed" in result.stderr
+
+
+def test_train_is_reproducible_and_records_its_seed(tmp_path: Path, image_dir: Path) -> None:
+    args = ["--dataset", image_dir, "--image-size", "16", "--widths", "8,16", "--blocks", "1", "--attention", "1"]
+    for name in ("a", "b"):
+        ok("train", *args, "--steps", "3", "--batch-size", "4", "--seed", "1", "-o", tmp_path / f"{name}.safetensors")
+    for suffix in (".safetensors", ".state.safetensors"):
+        a, b = load_file(tmp_path / f"a{suffix}"), load_file(tmp_path / f"b{suffix}")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), suffix
+    assert read_metadata(tmp_path / "a.safetensors")["training"]["seed"] == 1
+
+
+@pytest.mark.parametrize("command", ["noise", "sample"])
+def test_verbose_prints_the_drawn_seed_that_repeats_the_run(
+    command: str, tmp_path: Path, tiny_model: Path, image_dir: Path
+) -> None:
+    if command == "noise":
+        args = ["noise", image_dir / "img_000.png", "--sigma", "0.1"]
+    else:
+        args = ["sample", "-n", "2", "--steps", "2", "--model", tiny_model]
+    first = ok(*args, "-o", tmp_path / "first.png", "--verbose")
+    seed = re.search(r"seed: (\d+) \(the same command with --seed \1 repeats this run\)", first.stderr)
+    assert seed is not None, first.stderr
+    ok(*args, "-o", tmp_path / "again.png", "--seed", seed.group(1))
+    assert (tmp_path / "first.png").read_bytes() == (tmp_path / "again.png").read_bytes()
