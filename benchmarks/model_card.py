@@ -6,7 +6,7 @@ The samples come from the real CLI (``sda sample``), so the grid shows what a us
 
 Run from the repository root:
 
-    python benchmarks/model_card.py --log runs/cifar10/model.log.csv --model checkpoints/cifar10.safetensors
+    python benchmarks/model_card.py --log checkpoints/cifar10.log.csv --model checkpoints/cifar10.safetensors
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def draw_curve(points: list[tuple[int, float]], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log", type=Path, default=Path("runs/cifar10/model.log.csv"))
+    parser.add_argument("--log", type=Path, default=Path("checkpoints/cifar10.log.csv"))
     parser.add_argument("--model", type=Path, default=Path("checkpoints/cifar10.safetensors"))
     parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"))
     parser.add_argument("--samples", type=int, default=64)

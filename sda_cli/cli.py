@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -11,10 +12,10 @@ import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -23,7 +24,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from sda_cli import posterior, sampler
 from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, load_model, read_metadata
-from sda_cli.denoiser import PARAMETRISATIONS, Denoiser
+from sda_cli.clipping import impute_clipped
+from sda_cli.denoiser import PARAMETRISATIONS, PRECISIONS, Denoiser, autocast_dtype
 from sda_cli.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -36,6 +38,8 @@ from sda_cli.images import (
     to_pixels,
     write_image,
 )
+from sda_cli.noise_level import estimate_sigma
+from sda_cli.tiles import map_tiles
 
 # sda_cli.train and sda_cli.data import torchvision (about a second): they are imported where they are used.
 
@@ -99,14 +103,19 @@ def parse_sigma(text: str) -> float:
     return value
 
 
-def _load_model(path: Path | None, device: torch.device, verbose: bool) -> Denoiser:
+def _load_model(path: Path | None, device: torch.device, verbose: bool, precision: str = "auto") -> Denoiser:
+    """The model for inference: channels-last, its network evaluated at ``--precision``."""
     path = path or DEFAULT_MODEL
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
     if not path.is_file():
         hint = "train one with `sda train` or pass --model FILE" if path == DEFAULT_MODEL else "check the path"
         raise CheckpointError(f"no model at {path}; {hint}")
     denoiser, _ = load_model(path, device)
+    denoiser.backbone.to(memory_format=torch.channels_last)
+    denoiser.precision = autocast_dtype(precision, device)
     if verbose:
-        _say(f"model: {path}; device: {device}")
+        _say(f"model: {path}; device: {device}; precision: {denoiser.precision or torch.float32}")
     return denoiser
 
 
@@ -203,7 +212,7 @@ def _generator(seed: int | None, device: torch.device, verbose: bool) -> torch.G
 def _batches(
     pairs: list[tuple[Path, Path]], max_pixels: int, budget: int, failures: _Failures
 ) -> Iterator[list[tuple[Path, Path, LoadedImage]]]:
-    """Read images in order and group those of one shape into batches of at most ``budget`` pixels."""
+    """Read images in order and group those of one shape and bit depth into batches of at most ``budget`` pixels."""
     pending: dict[tuple[int, ...], list[tuple[Path, Path, LoadedImage]]] = {}
     for source, target in pairs:
         try:
@@ -211,7 +220,7 @@ def _batches(
         except ImageError as error:
             failures.report(error)
             continue
-        key = tuple(image.pixels.shape)
+        key = (*image.pixels.shape, image.bit_depth)
         group = pending.setdefault(key, [])
         group.append((source, target, image))
         if len(group) * image.pixels[0].numel() >= budget:
@@ -397,26 +406,14 @@ def noise_command(
     failures.exit(len(pairs))
 
 
-def _match_channels(
-    y: torch.Tensor, sigma_y: float, channels: int, generator: torch.Generator
-) -> tuple[torch.Tensor, float, Callable[[torch.Tensor], torch.Tensor]]:
-    """Fit an observation's channels to the model's; returns y, its noise level, and the way back.
+METHOD_STEPS = {"guided": 64, "sda": 256, "langevin": 20}
+"""Default ``--steps`` of the methods that do not use ``--sampler`` (``langevin``: steps per noise level)."""
 
-    A grey image on an RGB model: with u = (1,1,1)/sqrt(3), the grey observation y = x + sigma n gives
-    y·1 = x·1 + sqrt(3) sigma n u, white noise of level sqrt(3) sigma along u and none across it. Adding
-    independent noise of level sqrt(3) sigma across u makes the noise white in RGB, so the exact matched-time
-    identity holds with sigma' = sqrt(3) sigma; the result is averaged back to grey.
-    """
-    if y.shape[1] == channels:
-        return y, sigma_y, lambda x: x
-    if y.shape[1] == 1 and channels == 3:
-        level = math.sqrt(3) * sigma_y
-        extra = level * torch.randn(y.expand(-1, 3, -1, -1).shape, generator=generator, device=generator.device)
-        extra = extra - extra.mean(dim=1, keepdim=True)  # the part across u
-        return y.expand(-1, 3, -1, -1) + extra.to(y.device), level, lambda x: x.mean(dim=1, keepdim=True)
-    raise ValueError(
-        "the image is RGB but the model is grey (1 channel); convert the image to grey, or pass an RGB model "
-        "with --model"
+
+def _sampling(*names: str, help: str, **limits: Any) -> Any:
+    """An option of the sampling methods, shown in their own panel of ``--help``."""
+    return typer.Option(
+        *names, help=help, rich_help_panel="Posterior sampling (posterior, mean, sda, langevin, guided)", **limits
     )
 
 
@@ -424,68 +421,227 @@ def _match_channels(
 def denoise_command(
     inputs: Annotated[list[Path], typer.Argument(help="Noisy image files or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or folder for several inputs.")],
-    sigma: Annotated[str, typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255).")],
+    sigma: Annotated[
+        str,
+        typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255), or auto to estimate it."),
+    ],
     model: Annotated[Path | None, typer.Option(help="Model file (default: the shipped CIFAR-10 model).")] = None,
-    method: Annotated[str, typer.Option(help="mmse (posterior mean, best PSNR) or posterior (one sample).")] = "mmse",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="mmse (posterior mean, one evaluation, best PSNR), posterior (one sample), mean (of --samples "
+            "samples), sda (likelihood score, from pure noise), langevin or guided (baselines)."
+        ),
+    ] = "mmse",
+    samples: Annotated[
+        int | None,
+        _sampling(min=1, max=1024, help="Draws per image: mean averages them, --std measures their spread."),
+    ] = None,
+    std: Annotated[
+        Path | None,
+        _sampling(help="Also write the per-pixel posterior standard deviation of the draws (needs --samples >= 2)."),
+    ] = None,
     sampler_name: Annotated[
-        str, typer.Option("--sampler", help="Sampler of the posterior method (ancestral: the reverse SDE).")
+        str, _sampling("--sampler", help="Sampler of posterior and mean (ancestral: the reverse SDE).")
     ] = "ancestral",
-    steps: Annotated[int | None, typer.Option(min=1, max=10_000, help="Sampler steps (posterior).")] = None,
+    steps: Annotated[
+        int | None,
+        _sampling(
+            min=1,
+            max=10_000,
+            help="Sampler steps (posterior, mean: 128; guided: 64; sda: 256); langevin: steps per level (20).",
+        ),
+    ] = None,
+    levels: Annotated[int, _sampling(min=1, max=1000, help="langevin: noise levels.")] = 10,
+    step_size: Annotated[float, _sampling(min=0.0, max=2.0, help="langevin: step size tau in (0, 2).")] = 1.0,
+    t_start: Annotated[
+        float,
+        _sampling(min=0.0, max=1.0, help="guided: start time in (0, 1]."),
+    ] = 0.5,
+    strength: Annotated[float, _sampling(min=0.0, max=1.0, help="guided: the lambda of lambda (y - x_t).")] = 0.1,
+    gamma: Annotated[float, _sampling(min=0.0, max=100.0, help="sda: gamma of the likelihood's variance.")] = 1e-2,
+    corrections: Annotated[int, _sampling(min=0, max=100, help="sda: Langevin corrections per step.")] = 1,
+    tau: Annotated[float, _sampling(min=0.0, max=10.0, help="sda: corrector step size.")] = 0.5,
+    tile: Annotated[
+        int, typer.Option(min=32, max=4096, help="Larger images are denoised in overlapping tiles of this side.")
+    ] = 64,
+    clipped: Annotated[
+        str,
+        typer.Option(
+            help="Pixels at 0 or 1 were clipped by the file: auto (yes for 8- and 16-bit files, no for float files), "
+            "on or off. Clipped pixels are replaced by their expected unclipped value first (one more evaluation)."
+        ),
+    ] = "auto",
     seed: Seed = None,
     bits: Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="Network precision: auto (bf16 where the hardware runs it natively), bf16, fp16, fp32.")
+    ] = "auto",
     force: Annotated[bool, typer.Option(help="Allow an output to overwrite its input.")] = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     verbose: Verbose = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Denoise images with additive white Gaussian noise of known sigma.
+    """Denoise images with additive white Gaussian noise of known (or estimated) sigma.
 
     The observation y = x + sigma n matches the diffusion time t* with sigma_t*/alpha_t* = 2 sigma (model
-    units), so p(x | y) = p(x | x_t* = alpha_t* y): mmse returns E[x | y] in one network evaluation;
-    posterior returns one sample of p(x | y) by a reverse-time sampler started at t*.
+    units), so p(x | y) = p(x | x_t* = alpha_t* y): mmse returns the posterior mean E(x | y) in one network evaluation;
+    posterior returns one sample of p(x | y) by the reverse-time SDE started at t*; mean averages --samples
+    of them. sda samples from pure noise with the SDA likelihood score; langevin and guided are baselines.
     """
-    value = parse_sigma(sigma)
-    if method not in ("mmse", "posterior"):
-        raise UsageError("--method must be mmse or posterior")
+    auto = sigma.strip().lower() == "auto"
+    value = None if auto else parse_sigma(sigma)
+    if method not in posterior.DENOISE_METHODS:
+        raise UsageError(f"--method must be one of {', '.join(posterior.DENOISE_METHODS)}")
     if sampler_name not in posterior.POSTERIOR_SAMPLERS:
         raise UsageError(f"--sampler must be one of {', '.join(posterior.POSTERIOR_SAMPLERS)} for posterior samples")
+    draws = samples or (8 if method == "mean" else 1)
+    if method == "mmse" and (samples or 0) > 1:
+        raise UsageError("--samples needs a sampling method: mmse is one estimate; use --method mean or posterior")
+    if std is not None and (method == "mmse" or draws < 2):
+        raise UsageError(
+            "--std needs at least 2 draws of a sampling method: add --method mean (or posterior) and --samples 8"
+        )
     if bits not in (None, 8, 16):
         raise UsageError("--bits must be 8 or 16")
+    if clipped not in ("auto", "on", "off"):
+        raise UsageError("--clipped must be auto, on or off")
+    for name, number, low, high in (
+        ("--step-size", step_size, 0, 2),
+        ("--t-start", t_start, 0, 1),
+        ("--tau", tau, 0, 10),
+    ):
+        if not (low < number <= high and (name != "--step-size" or number < high)):
+            raise UsageError(f"{name} must lie in ({low}, {high}{')' if name == '--step-size' else ']'}, not {number}")
     torch_device = _device(device)
     pairs = _pairs(inputs, output, force)
-    denoiser = _load_model(model, torch_device, verbose)
-    sigma_y = 2 * value
-    _check_sigma(denoiser, sigma, sigma_y)
+    std_targets = _std_targets(pairs, std, output, force)
+    options = _method_options(
+        method,
+        sampler_name,
+        steps,
+        levels=levels,
+        step_size=step_size,
+        t_start=t_start,
+        strength=strength,
+        gamma=gamma,
+        corrections=corrections,
+        tau=tau,
+    )
+    denoiser = _load_model(model, torch_device, verbose, precision)
+    if value is not None:
+        _check_sigma(denoiser, sigma, 2 * value)
     channels = denoiser.backbone.config.channels
     generator = _generator(seed, torch_device, verbose)
-    step_count = steps or DEFAULT_STEPS[sampler_name]
     failures = _Failures()
+    budget = max(1, (1 << 17) // draws // (4 if method == "sda" else 1))
+
+    def estimate_mmse(y: torch.Tensor, sigma_y: float) -> torch.Tensor:
+        observed, level, back = posterior.match_channels(y, sigma_y, channels, generator)
+        return back(posterior.mmse(denoiser, observed, level))
+
+    def run(y: torch.Tensor, sigma_y: float, step: float | None) -> torch.Tensor:
+        """Model-unit observations (B, C, H, W) → the estimate, with the draws' spread as extra channels.
+
+        ``step``: the quantisation step (model units) of a clipped file, whose clipped pixels are imputed first.
+        """
+        if step is not None:
+            y = impute_clipped(y, sigma_y, functools.partial(estimate_mmse, sigma_y=sigma_y), step=step)
+        observed, level, back = posterior.match_channels(y, sigma_y, channels, generator)
+        drawn = posterior.denoise_draws(
+            denoiser, observed, level, method, samples=draws, generator=generator, **options
+        )
+        drawn = back(drawn)
+        estimate = drawn.mean(0) if method == "mean" else drawn[0]
+        return torch.cat([estimate, drawn.std(0)], dim=1) if std is not None else estimate
+
     with _progress(quiet or len(pairs) < 2) as progress:
         task = progress.add_task("denoise", total=len(pairs))
-        for batch in _batches(pairs, max_pixels, 1 << 17, failures):
-            try:
-                y = to_model(torch.stack([image.pixels for _, _, image in batch])).to(torch_device)
-                y, level, back = _match_channels(y, sigma_y, channels, generator)
-                if method == "mmse":
-                    x = posterior.mmse(denoiser, y, level)
-                else:
-                    x = posterior.posterior_sample(
-                        denoiser, y, level, sampler=sampler_name, steps=step_count, generator=generator
-                    )[0]
-                results = to_pixels(back(x))
-            except (ValueError, RuntimeError) as error:  # an RGB image on a grey model; too little memory
-                for source, _, _ in batch:
-                    failures.report(error, f"{source}: {_model_failure(error)}")
-                progress.advance(task, len(batch))
-                continue
-            for (_, target, image), result in zip(batch, results, strict=True):
+        for batch in _batches(pairs, max_pixels, budget, failures):
+            for group, sigma_y in _sigma_groups(batch, value, denoiser, sigma, failures, verbose):
                 try:
-                    _write(target, result, image, bits)
-                except ImageError as error:
-                    failures.report(error)
+                    y = to_model(torch.stack([image.pixels for _, _, image in group])).to(torch_device)
+                    step = _clip_step(clipped, group[0][2].bit_depth)
+                    denoise = functools.partial(run, sigma_y=sigma_y, step=step)
+                    result = map_tiles(denoise, y, tile, tile // 8, batch_pixels=budget)
+                except (ValueError, RuntimeError) as error:  # an RGB image on a grey model; too little memory
+                    for source, _, _ in group:
+                        failures.report(error, f"{source}: {_model_failure(error)}")
+                    continue
+                width = y.shape[1] if channels == y.shape[1] or std is None else 1
+                for (source, target, image), values in zip(group, result, strict=True):
+                    try:
+                        _write(target, to_pixels(values[: image.pixels.shape[0]]), image, bits)
+                        if std is not None:
+                            # model units are twice pixel units, so a spread of 2 s in x is s in pixels
+                            _write(std_targets[source], values[width:] / 2, image, bits)
+                    except ImageError as error:
+                        failures.report(error)
             progress.advance(task, len(batch))
     failures.exit(len(pairs))
+
+
+def _clip_step(clipped: str, bit_depth: int) -> float | None:
+    """The quantisation step in model units of a file whose pixels at 0 and 1 are clipped, or None (not clipped)."""
+    integer = bit_depth in (8, 16)
+    if clipped == "off" or (clipped == "auto" and not integer):
+        return None
+    return 2 / (2**bit_depth - 1) if integer else 0.0
+
+
+def _method_options(method: str, sampler_name: str, steps: int | None, **given: float) -> dict[str, object]:
+    """The options of one denoising method (``posterior.denoise_draws``), from the command's."""
+    if method in ("posterior", "mean"):
+        return {"sampler": sampler_name, "steps": steps or DEFAULT_STEPS[sampler_name]}
+    if method == "langevin":
+        return {"levels": given["levels"], "steps": steps or METHOD_STEPS[method], "step_size": given["step_size"]}
+    if method == "guided":
+        return {"t_start": given["t_start"], "strength": given["strength"], "steps": steps or METHOD_STEPS[method]}
+    if method == "sda":
+        keys = ("gamma", "corrections", "tau")
+        return {"steps": steps or METHOD_STEPS[method], **{key: given[key] for key in keys}}
+    return {}
+
+
+def _std_targets(pairs: list[tuple[Path, Path]], std: Path | None, output: Path, force: bool) -> dict[Path, Path]:
+    """Where each input's standard-deviation image goes: ``--std`` itself, or a folder of files named as the inputs."""
+    if std is None:
+        return {}
+    many = len(pairs) > 1
+    targets = {source: output_path_for(source, std, many) for source, _ in pairs}
+    outputs = {target.resolve() for _, target in pairs}
+    sources = {source.resolve() for source, _ in pairs}
+    for target in targets.values():
+        if target.resolve() in outputs:
+            raise UsageError(f"--std {target} is also the denoised output; choose another --std path")
+        if target.resolve() in sources and not force:
+            raise UsageError(f"--std {target} would overwrite an input; choose another --std path, or pass --force")
+    return targets
+
+
+def _sigma_groups(
+    batch: list[tuple[Path, Path, LoadedImage]],
+    value: float | None,
+    denoiser: Denoiser,
+    text: str,
+    failures: _Failures,
+    verbose: bool,
+) -> Iterator[tuple[list[tuple[Path, Path, LoadedImage]], float]]:
+    """The batch with its model-unit noise level, or, for ``--sigma auto``, each image with its own estimate."""
+    if value is not None:
+        yield batch, 2 * value
+        return
+    for item in batch:
+        source, _, image = item
+        try:
+            estimate = estimate_sigma(image.pixels)
+            _check_sigma(denoiser, f"auto (estimated {estimate:.4g})", 2 * estimate)
+        except (ValueError, UsageError) as error:
+            failures.report(error, f"{source}: cannot estimate the noise level ({_one_line(str(error))}); pass --sigma")
+            continue
+        _say(f"{source}: estimated sigma {estimate:.4f} ({255 * estimate:.1f}/255)")
+        yield [item], 2 * estimate
 
 
 def _check_sigma(denoiser: Denoiser, text: str, sigma_y: float) -> None:
@@ -526,6 +682,9 @@ def sample_command(
     seed: Seed = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples drawn at once.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="Network precision: auto (bf16 where the hardware runs it natively), bf16, fp16, fp32.")
+    ] = "auto",
     verbose: Verbose = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -536,7 +695,7 @@ def sample_command(
     if not is_folder and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
         raise UsageError(f"-o {output}: name a .png (or other image) file for a grid, or a folder")
     torch_device = _device(device)
-    denoiser = _load_model(model, torch_device, verbose)
+    denoiser = _load_model(model, torch_device, verbose, precision)
     config = read_metadata(model or DEFAULT_MODEL)
     side = size or int(config.get("image_size", 32))
     channels = denoiser.backbone.config.channels

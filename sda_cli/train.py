@@ -43,7 +43,7 @@ from sda_cli.checkpoint import (
     save_state,
 )
 from sda_cli.data import Dataset
-from sda_cli.denoiser import Denoiser
+from sda_cli.denoiser import Denoiser, autocast_dtype
 
 __all__ = ["StepReport", "TrainConfig", "TrainingError", "pick_device", "state_path_for", "train"]
 
@@ -94,16 +94,6 @@ def pick_device(name: str) -> torch.device:
 def state_path_for(model_path: Path) -> Path:
     """The training state lives beside the model file: ``x.safetensors`` → ``x.state.safetensors``."""
     return model_path.with_name(model_path.name.removesuffix(".safetensors") + ".state.safetensors")
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or (precision == "auto" and device.type == "cpu"):
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
@@ -184,6 +174,7 @@ def train(
     state_file = state_path_for(out)
 
     step, wall = 0, 0.0
+    optimiser_start = 0  # the step the optimiser's moments start at: warm-up counts from it
     state_tensors: dict[str, Tensor] | None = None
     state_meta: dict[str, Any] = {}
     if resume:
@@ -191,12 +182,14 @@ def train(
             state_tensors, state_meta = load_state(state_file)
             model_config = {k: state_meta[k] for k in ("model", "denoiser", "schedule")}
             step, wall = int(state_meta["step"]), float(state_meta.get("wall_time", 0.0))
+            optimiser_start = int(state_meta.get("optimiser_start", 0))
             log(f"resuming from {state_file} at step {step} (weights, EMA, optimiser and random state)")
         elif out.is_file():
             meta = read_metadata(out)
             model_config = {k: meta[k] for k in ("model", "denoiser", "schedule")}
             step = int(meta.get("training", {}).get("step", 0))
             wall = float(meta.get("training", {}).get("wall_time", 0.0))
+            optimiser_start = step
             log(f"resuming from weights {out} at step {step} with a fresh optimiser (no state file found)")
         else:
             raise CheckpointError(f"{out}: nothing to resume (no model or state file); drop --resume to start anew")
@@ -235,8 +228,8 @@ def train(
     else:
         generator.manual_seed(config.seed + 1_000_003 * rank + 7919 * step)
 
-    autocast_dtype = _autocast_dtype(config.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    precision = autocast_dtype(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     images = dataset.images.to(device)
     n, channels, height, _ = images.shape
     expected_channels = model_config["model"].get("channels", 3)
@@ -270,7 +263,14 @@ def train(
         save_state(
             state_file,
             tensors,
-            {**checkpoint_config, "training": training, "step": at_step, "wall_time": seconds, "optimizer": groups},
+            {
+                **checkpoint_config,
+                "training": training,
+                "step": at_step,
+                "wall_time": seconds,
+                "optimizer": groups,
+                "optimiser_start": optimiser_start,
+            },
         )
         with open(out.with_name(out.name.removesuffix(".safetensors") + ".log.csv"), "a") as handle:
             handle.write(f"{at_step},{loss_sum / max(loss_count, 1):.6f},{seconds:.1f}\n")
@@ -282,7 +282,7 @@ def train(
     with _Stop() as stop:
         try:
             while step < config.steps:
-                lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+                lr = config.lr * min(1.0, (step - optimiser_start + 1) / max(1, config.warmup))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 index = torch.randint(n, (config.batch_size,), generator=generator, device=device)
@@ -293,9 +293,7 @@ def train(
                 noise = torch.randn(x.shape, generator=generator, device=device).contiguous(
                     memory_format=torch.channels_last
                 )
-                with torch.autocast(
-                    device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-                ):
+                with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
                     loss = objective.loss(x, t, noise).mean()
                 if not torch.isfinite(loss):
                     raise TrainingError(
