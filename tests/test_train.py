@@ -45,6 +45,20 @@ def test_resume_from_weights_alone(tmp_path: Path, image_dir: Path) -> None:
     assert not torch.equal(before.backbone.stem.weight, after.backbone.stem.weight)
 
 
+def test_a_fresh_optimiser_warms_up_again(tmp_path: Path, image_dir: Path) -> None:
+    """Resumed from weights at step 3, a fresh AdamW starts its warm-up anew: step 4 runs at lr / warmup."""
+    data = image_folder(image_dir, 16)
+    out = tmp_path / "m.safetensors"
+    config = replace(CONFIG, steps=3, warmup=2)
+    train(TINY_MODEL, config, data, out, device=CPU)
+    assert read_metadata(state_path_for(out))["optimizer"][0]["lr"] == pytest.approx(config.lr)
+    state_path_for(out).unlink()
+    train(TINY_MODEL, replace(config, steps=4, warmup=4), data, out, resume=True, device=CPU)
+    state = read_metadata(state_path_for(out))
+    assert state["optimiser_start"] == 3
+    assert state["optimizer"][0]["lr"] == pytest.approx(config.lr / 4)
+
+
 def test_resume_with_nothing_to_resume(tmp_path: Path, image_dir: Path) -> None:
     with pytest.raises(ValueError, match="nothing to resume"):
         train(TINY_MODEL, CONFIG, image_folder(image_dir, 16), tmp_path / "m.safetensors", resume=True, device=CPU)
