@@ -1,0 +1,70 @@
+"""What bf16 autocast changes in the MMSE estimate, and what it saves, against float32.
+
+The first ``--count`` exact CIFAR-10 test images get float noise (``torch.Generator`` seed 0) at each ``--sigmas``
+level and are denoised by ``posterior.mmse`` in-process, once with the network in float32 and once under bf16
+autocast (``sda denoise --precision fp32`` and ``bf16``). Printed: PSNR of each (peak 1, estimates clipped to
+[0, 1]), the largest absolute difference of the two estimates in pixel units, and the seconds of each pass (after
+one untimed warm-up batch) with their ratio.
+
+Run from the repository root:
+
+    python benchmarks/precision.py --model checkpoints/cifar10.safetensors --count 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, set_threads, table
+
+from sda_cli.checkpoint import load_model
+from sda_cli.data import cifar10
+from sda_cli.posterior import mmse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--sigmas", default="0.1,0.2,0.3")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    denoiser, _ = load_model(args.model, torch.device("cpu"))
+    denoiser.backbone.to(memory_format=torch.channels_last)
+    clean = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 255
+
+    def denoise(y: torch.Tensor, sigma: float, dtype: torch.dtype | None) -> tuple[torch.Tensor, float]:
+        denoiser.precision = dtype
+        mmse(denoiser, 2 * y[: args.batch_size] - 1, 2 * sigma)  # warm-up
+        started = time.perf_counter()
+        out = [(mmse(denoiser, 2 * part - 1, 2 * sigma) + 1) / 2 for part in y.split(args.batch_size)]
+        return torch.cat(out).clamp(0, 1), time.perf_counter() - started
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for sigma in [float(s) for s in args.sigmas.split(",")]:
+        y = clean + sigma * torch.randn(clean.shape, generator=generator)
+        exact, exact_seconds = denoise(y, sigma, None)
+        fast, fast_seconds = denoise(y, sigma, torch.bfloat16)
+        row = [f"{sigma:g}", f"{float(psnr(exact, clean).mean()):.3f}", f"{float(psnr(fast, clean).mean()):.3f}"]
+        row += [f"{float((exact - fast).abs().max()):.4f}", f"{exact_seconds:.2f}", f"{fast_seconds:.2f}"]
+        row.append(f"{exact_seconds / fast_seconds:.2f}")
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+
+    print()
+    print(header("bf16 autocast against float32 (mmse)", checkpoint_line(args.model)))
+    print(f"First {args.count} exact CIFAR-10 test images, float noise (seed 0), batches of {args.batch_size}.\n")
+    columns = ["σ", "PSNR fp32", "PSNR bf16", "max abs Δ (pixels)", "s fp32", "s bf16", "speed-up"]
+    print(table(columns, rows))
+
+
+if __name__ == "__main__":
+    main()
