@@ -4,7 +4,7 @@ A noisy image file stores :math:`y = \operatorname{clip}(x + \sigma_y n)`, so a 
 only says that the unclipped observation :math:`u = x + \sigma_y n` lay below the first quantisation threshold
 :math:`c_0` (half a step above the bottom), and a pixel at the top that :math:`u > c_1`. Taking such a pixel at face
 value breaks the matched-time identity of :mod:`sda_cli.posterior` (its noise is no longer Gaussian nor centred),
-and dark and bright regions come out biased towards mid-grey: on CIFAR-10 this costs about 0.3, 0.7 and 1.3 dB of
+and dark and bright regions come out biased towards mid-grey: on CIFAR-10 this costs about 0.3, 0.8 and 1.5 dB of
 MMSE PSNR at pixel sigma 0.1, 0.2 and 0.3 (``benchmarks/clipping.py``).
 
 The censored pixels are replaced by their conditional mean given the censoring, under :math:`u \sim
