@@ -45,6 +45,19 @@ def checkpoint_line(path: Path | None) -> str:
     return f"{path} (step {step})"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and whether it runs bf16 natively."""
+    from sda_cli.denoiser import cpu_has_native_bf16
+
+    name = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name} ({'native' if cpu_has_native_bf16() else 'no native'} bf16)"
+
+
 def header(title: str, checkpoint: str) -> str:
     """The lines that head every table: date, machine, command line and checkpoint."""
     command = shlex.join(["python", *sys.argv])
@@ -53,7 +66,7 @@ def header(title: str, checkpoint: str) -> str:
             f"## {title}",
             "",
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}, torch {torch.__version__}, "
             f"torch threads: {torch.get_num_threads()}",
             f"- command: `{command}`",
             f"- checkpoint: {checkpoint}",
