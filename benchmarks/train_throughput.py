@@ -1,12 +1,14 @@
 """Training throughput (images per second) of sda's U-Net against diffusers' UNet2DModel of about the same size.
 
-Both networks train through the same step: ``Denoiser.loss`` (edm parametrisation, cosine schedule) under bf16
-autocast on the CPU (the training default there), channels-last tensors, AdamW (``foreach``), gradient clipping
-and the EMA update, on random 32x32 batches. sda's model is the shipped architecture (widths 64,128,192, 2 blocks,
-attention at level 2); diffusers' ``UNet2DModel`` gets 2 layers per block, attention at the lowest resolution,
-the same head width and group count, and ``--their-widths`` chosen to match the parameter count (both printed).
-The two alternate (ours, theirs, ours, ...) for ``--repeats`` rounds of ``--steps`` timed steps each, after one
-untimed warm-up round; the table gives medians and the ratio ours/theirs. Also our forward FLOPs per image
+Both networks train through the same step: ``Denoiser.loss`` (edm parametrisation, cosine schedule) at
+``--precision`` (``auto``, as in ``sda train``: bf16 autocast on CPUs that run it natively, float32 elsewhere),
+channels-last tensors, AdamW (``foreach``), gradient clipping and the EMA update, on random 32x32 batches.
+sda's model is the shipped architecture (widths 64,128,192, 2 blocks, attention at level 2); diffusers'
+``UNet2DModel`` gets 2 layers per block, attention at the lowest resolution, the same head width and group count,
+and ``--their-widths`` chosen to match the parameter count (both printed). The two alternate (ours, theirs, ours,
+...) for ``--repeats`` rounds of ``--steps`` timed steps each, after an untimed warm-up round; the table gives
+medians and the ratio ours/theirs. ``--compile`` adds our step with ``torch.compile`` (as ``sda train
+--compile``), compiled during the warm-up. Also our forward FLOPs per image
 (``torch.utils.flop_counter.FlopCounterMode``; a multiply-add counts 2).
 
 Run from the repository root:
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sda_cli.checkpoint import build_denoiser
-from sda_cli.denoiser import Denoiser
+from sda_cli.denoiser import Denoiser, autocast_dtype
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--widths", default="64,128,192", help="our U-Net widths")
     parser.add_argument("--their-widths", default="64,144,192", help="UNet2DModel block_out_channels")
+    parser.add_argument("--precision", default="auto", help="autocast of both steps, as `sda train --precision`")
+    parser.add_argument("--compile", action="store_true", help="also time our step with torch.compile")
     return parser.parse_args()
 
 
@@ -69,8 +73,9 @@ class DiffusersBackbone(nn.Module):
 class Trainer:
     """One model's training step, as in ``sda_cli.train``: loss, backward, clip, AdamW, EMA."""
 
-    def __init__(self, denoiser: Denoiser, batch_size: int) -> None:
+    def __init__(self, denoiser: Denoiser, batch_size: int, precision: torch.dtype | None) -> None:
         self.denoiser = denoiser.train()
+        self.precision = precision
         self.denoiser.backbone.to(memory_format=torch.channels_last)
         self.params = list(denoiser.backbone.parameters())
         self.ema = [p.detach().clone() for p in self.params]
@@ -83,7 +88,7 @@ class Trainer:
     def step(self) -> None:
         t = self.denoiser.sample_times(len(self.x), generator=self.generator)
         noise = torch.randn(self.x.shape, generator=self.generator).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=self.precision or torch.float32, enabled=self.precision is not None):
             loss = self.denoiser.loss(self.x, t, noise).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,10 +130,15 @@ def main() -> None:
     models = {"sda UNet": ours, "diffusers UNet2DModel": theirs}
     counts = {name: sum(p.numel() for p in m.backbone.parameters()) for name, m in models.items()}
     flops = {name: forward_flops(m.backbone.eval()) for name, m in models.items()}
+    precision = autocast_dtype(args.precision, torch.device("cpu"))
+    if args.compile:  # the same weights, compiled (as `sda train --compile`)
+        compiled = Denoiser(torch.compile(ours.backbone), ours.schedule, ours.config)
+        models = {"sda UNet": ours, "sda UNet, torch.compile": compiled, "diffusers UNet2DModel": theirs}
+        counts["sda UNet, torch.compile"], flops["sda UNet, torch.compile"] = counts["sda UNet"], flops["sda UNet"]
 
-    trainers = {name: Trainer(m, args.batch_size) for name, m in models.items()}
-    for trainer in trainers.values():  # warm-up: allocator, autocast caches, optimiser state
-        trainer.images_per_second(1)
+    trainers = {name: Trainer(m, args.batch_size, precision) for name, m in models.items()}
+    for trainer in trainers.values():  # warm-up: allocator, autocast caches, optimiser state, compilation
+        trainer.images_per_second(2)
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for repeat in range(args.repeats):
         for name, trainer in trainers.items():
@@ -139,7 +149,8 @@ def main() -> None:
     print()
     print(header("Training throughput: sda U-Net against diffusers UNet2DModel", "none (untrained weights)"))
     print(
-        f"Batch {args.batch_size} of 32x32 RGB, bf16 autocast on CPU, channels-last, AdamW foreach, grad clip, EMA; "
+        f"Batch {args.batch_size} of 32x32 RGB, {precision or torch.float32} on CPU (--precision {args.precision}), "
+        "channels-last, AdamW foreach, grad clip, EMA; "
         f"{args.repeats} alternating rounds of {args.steps} steps (after a warm-up step), medians.\n"
     )
     rows = []
@@ -147,8 +158,10 @@ def main() -> None:
         rounds = " ".join(f"{r:.1f}" for r in rates[name])
         rows.append([name, f"{counts[name]:,}", f"{flops[name] / 1e9:.3f}", f"{medians[name]:.1f}", rounds])
     print(table(["model", "parameters", "forward GFLOPs/img", "median img/s", "rounds img/s"], rows))
-    first, second = models
-    print(f"\nratio ours/theirs (images per second): {medians[first] / medians[second]:.3f}")
+    for name in models:
+        if name != "diffusers UNet2DModel":
+            ratio = medians[name] / medians["diffusers UNet2DModel"]
+            print(f"\nratio {name} / diffusers UNet2DModel (images per second): {ratio:.3f}")
 
 
 if __name__ == "__main__":
