@@ -253,7 +253,9 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every N steps.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's training state, or from OUT's weights.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast), bf16, fp16 or fp32.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 autocast where the hardware runs it natively), bf16, fp16 or fp32.")
+    ] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the U-Net.")] = False,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw.")] = 0,
     no_download: Annotated[
