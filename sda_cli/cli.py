@@ -67,8 +67,9 @@ DEFAULT_STEPS = {"ancestral": 128, "ddim": 64, "heun": 32, "pc": 64}
 PIXELS_PER_CALL = 1 << 16
 """Pixels (N·h·w) per network call of ``sda denoise``, divided among the draws: 64 CIFAR images or 16 tiles of 64².
 
-Smaller calls than the earlier 2¹⁷ ran faster per image: with the shipped U-Net in float32 on 2 Ice Lake cores,
-in-process, three interleaved rounds, 64 CIFAR images per call gave 41 images/s against 37 for 128.
+Chosen over the earlier 2¹⁷ by one in-process measurement of the network alone (shipped U-Net, float32, 2 Ice Lake
+cores, three interleaved rounds): 64 CIFAR images per call gave 41 images/s against 37 for 128. End to end through
+the CLI this is not confirmed: two pairs of runs were slower at 2¹⁶, within noisy timings (``benchmarks/RESULTS.md``).
 """
 
 MAX_SEED = 2**63 - 1

@@ -71,8 +71,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX).
 
-    oneDNN also accepts bf16 on plain AVX-512 by emulating it, which on a 2-core Ice Lake Xeon ran the shipped
-    U-Net at 17 images/s against 22 in float32: ``auto`` must not pick it there.
+    oneDNN also accepts bf16 on plain AVX-512 by emulating it, which on a 2-core Ice Lake Xeon made the MMSE estimate
+    2.5–3× slower than float32 (``benchmarks/precision.py``): ``auto`` must not pick it there.
     """
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
@@ -129,7 +129,7 @@ class Denoiser(nn.Module):
 
     def _network(self, z_in: Tensor, rho: Tensor) -> Tensor:
         c_noise = torch.log(rho.flatten()) / 4
-        z_in = z_in.contiguous(memory_format=torch.channels_last) if z_in.ndim == 4 else z_in
+        z_in = z_in.contiguous(memory_format=torch.channels_last)
         if self.precision is None:
             return self.backbone(z_in, c_noise).float()
         with torch.autocast(z_in.device.type, dtype=self.precision):
