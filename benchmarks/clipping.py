@@ -8,7 +8,9 @@ of one observation:
 * 8-bit: ``round(clip(y, 0, 1) 255) / 255``, what ``sda noise`` writes to a PNG, taken at face value
   (``sda denoise --clipped off``);
 * 8-bit imputed: the same file with its pixels at 0 and 1 replaced by their truncated-normal means
-  (``sda_cli.clipping.impute_clipped``, ``--rounds`` rounds; ``sda denoise --clipped auto``, one round).
+  (``sda_cli.clipping.impute_clipped``) around an estimate of the clean image: the network's MMSE estimate (one
+  round, one more evaluation), or the local mean of the observation (``--rounds`` rounds of a one-pixel Gaussian
+  blur; ``sda denoise --clipped auto`` uses three).
 
 PSNR per image (peak 1, estimates clipped to [0, 1]), averaged; the fraction of clipped pixel values.
 
@@ -39,7 +41,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--sigmas", default="0.1,0.2,0.3")
-    parser.add_argument("--rounds", default="1,2", help="imputation rounds to compare")
+    parser.add_argument("--rounds", default="1,3", help="local-mean imputation rounds to compare")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -52,8 +54,8 @@ def main() -> None:
     clean = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 255
     rounds = [int(r) for r in args.rounds.split(",")]
 
-    def denoise(y: torch.Tensor, sigma: float, imputation_rounds: int = 0) -> torch.Tensor:
-        """MMSE pixels of pixel observations, batch by batch."""
+    def denoise(y: torch.Tensor, sigma: float, imputation: str = "none", rounds: int = 1) -> torch.Tensor:
+        """MMSE pixels of pixel observations, batch by batch, after ``imputation`` (none, network, local mean)."""
         out = []
         for part in y.split(args.batch_size):
             observation = 2 * part - 1
@@ -61,8 +63,10 @@ def main() -> None:
             def estimate(v: torch.Tensor) -> torch.Tensor:
                 return mmse(denoiser, v, 2 * sigma)
 
-            if imputation_rounds:
-                observation = impute_clipped(observation, 2 * sigma, estimate, rounds=imputation_rounds)
+            if imputation == "network":
+                observation = impute_clipped(observation, 2 * sigma, estimate, rounds=1)
+            elif imputation == "local mean":
+                observation = impute_clipped(observation, 2 * sigma, rounds=rounds)
             out.append((estimate(observation) + 1) / 2)
         return torch.cat(out).clamp(0, 1)
 
@@ -73,7 +77,8 @@ def main() -> None:
         quantised = (y.clamp(0, 1) * 255).round() / 255
         fraction = float(((quantised == 0) | (quantised == 1)).float().mean())
         values = [psnr(denoise(y, sigma), clean).mean(), psnr(denoise(quantised, sigma), clean).mean()]
-        values += [psnr(denoise(quantised, sigma, r), clean).mean() for r in rounds]
+        values.append(psnr(denoise(quantised, sigma, "network"), clean).mean())
+        values += [psnr(denoise(quantised, sigma, "local mean", r), clean).mean() for r in rounds]
         row = [f"{sigma:g}", f"{fraction:.3f}", *(f"{float(v):.2f}" for v in values)]
         row.append(f"{float(values[0] - values[1]):.2f}")
         row += [f"{float(values[0] - v):.2f}" for v in values[2:]]
@@ -83,8 +88,9 @@ def main() -> None:
     print()
     print(header("Clipped 8-bit inputs: MMSE PSNR lost and recovered", checkpoint_line(args.model)))
     print(f"First {args.count} exact CIFAR-10 test images, noise seed 0, mmse, precision {args.precision}. dB.\n")
-    columns = ["σ", "clipped fraction", "float", "8-bit as is", *(f"8-bit imputed ({r} round)" for r in rounds)]
-    columns += ["loss as is", *(f"loss imputed ({r})" for r in rounds)]
+    imputations = ["network", *(f"local mean ×{r}" for r in rounds)]
+    columns = ["σ", "clipped fraction", "float", "8-bit as is", *(f"imputed: {name}" for name in imputations)]
+    columns += ["loss as is", *(f"loss: {name}" for name in imputations)]
     print(table(columns, rows))
 
 

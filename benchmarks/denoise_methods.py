@@ -11,7 +11,7 @@ denoises the same noisy files:
   ``mean`` (mean of K = 8 matched samples, ``posterior.posterior_mean_std`` with the same steps), ``langevin``
   (``posterior.langevin`` defaults: 10 levels of 20 steps), ``guided`` (``posterior.guided``, ``t_start = 0.5``,
   default strength 0.1 and 64 steps) and ``sda`` (``posterior.sda`` defaults, ``--sda-steps`` steps, default 256);
-  each from the observation with its clipped pixels imputed (``sda_cli.clipping``, one more evaluation) as
+  each from the observation with its clipped pixels imputed (``sda_cli.clipping``, from the local mean) as
   ``sda denoise`` does on 8-bit files (``--no-impute``: taken as they are);
 * classical denoisers, given the true sigma: CBM3D (``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)``), non-local means
   (``skimage.restoration.denoise_nl_means``, ``h = 0.8 sigma``, ``fast_mode``, patch 5, distance 6), total
@@ -61,6 +61,7 @@ from PIL import Image
 
 from sda_cli import posterior
 from sda_cli.checkpoint import load_model
+from sda_cli.cli import command_seed
 from sda_cli.clipping import impute_clipped
 from sda_cli.data import cifar10
 from sda_cli.denoiser import Denoiser
@@ -184,7 +185,7 @@ def model_estimate(
     ``sda denoise`` does on 8-bit files (unless ``--no-impute``)."""
     with torch.no_grad():  # sda turns gradients back on where it needs them
         if args.impute:
-            y = impute_clipped(y, sigma_y, lambda v: posterior.mmse(denoiser, v, sigma_y))
+            y = impute_clipped(y, sigma_y)
         if method == "mmse":
             return posterior.mmse(denoiser, y, sigma_y)
         if method == "posterior":
@@ -207,7 +208,7 @@ def run_model(
     method: str, denoiser: Denoiser, noisy: np.ndarray, sigma: float, args: argparse.Namespace
 ) -> tuple[np.ndarray, float]:
     """Estimates of every noisy image (HWC pixels) and the compute seconds per image."""
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(command_seed(args.seed, "denoise"))  # as sda denoise --seed
     batch = max(1, args.batch_size // SAMPLES) if method == "mean" else args.batch_size
     outputs, seconds = [], 0.0
     for start in range(0, len(noisy), batch):
@@ -362,7 +363,8 @@ def main() -> None:
         f"First {args.count} CIFAR-10 test images ({args.slow_count} for {', '.join(sorted(SLOW))}); noisy inputs "
         f"are 8-bit PNGs (clipped, quantised) from `sda noise --seed {args.seed}`; every estimate is clipped and "
         f"rounded to 8 bits. PSNR in dB (per image, averaged); s/image is compute time with {args.threads} "
-        f"thread(s), model load and file reading excluded; draws seeded by --seed {args.seed}.\n"
+        f"thread(s), model load and file reading excluded; draws as `sda denoise --seed {args.seed}` (a stream "
+        "independent of the noise files).\n"
     )
     for sigma, rows, tv_note in tables:
         print(f"### σ = {sigma:g} ({sigma * 255:.1f}/255)\n")

@@ -16,9 +16,15 @@ normal mean; a Tobit E-step, Tobin, 1958; Amemiya, 1984):
           \mathbb{E}[u \mid u > c_1] = \hat{x} + \sigma_y \lambda(\beta_1), \quad \beta_1 = (\hat{x} - c_1)/\sigma_y,
 
 with the inverse Mills ratio :math:`\lambda(\beta) = \varphi(\beta) / \Phi(\beta)`, computed as
-:math:`\exp(\log\varphi(\beta) - \log\Phi(\beta))` so that it stays finite in both tails. The estimate is then
-recomputed from the imputed observation; one round recovers nearly all the loss. The imputed pixels carry a little
-less noise than :math:`\sigma_y`, so the result is approximate, as any use of a clipped file must be.
+:math:`\exp(\log\varphi(\beta) - \log\Phi(\beta))` so that it stays finite in both tails. The imputed pixels carry a
+little less noise than :math:`\sigma_y`, so the result is approximate, as any use of a clipped file must be.
+
+Which estimate :math:`\hat{x}`? The imputation only needs it at the clipped pixels, which lie in dark or bright
+regions, and there a local mean of the observation is nearly as good as the network: :func:`local_mean`, a Gaussian
+blur of one pixel, iterated as a fixed point (blur the imputed observation, impute again; three rounds). On 500 CIFAR-10
+test images this recovers the same PSNR as imputing with the network's MMSE estimate to within 0.01 dB at sigma 0.1,
+0.2 and 0.3 (``benchmarks/clipping.py``), and it costs no network evaluation, so that ``--clipped auto`` leaves
+``mmse`` at one evaluation per pixel.
 
 References:
     Tobin, "Estimation of Relationships for Limited Dependent Variables", Econometrica 1958.
@@ -31,9 +37,10 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["censored_mean", "impute_clipped"]
+__all__ = ["censored_mean", "impute_clipped", "local_mean"]
 
 
 def _inverse_mills(beta: Tensor) -> Tensor:
@@ -53,22 +60,33 @@ def censored_mean(mean: Tensor, scale: float, below: float | None = None, above:
     return (mean + scale * _inverse_mills((mean - above) / scale)).float()
 
 
+def local_mean(y: Tensor, width: float = 1.0) -> Tensor:
+    """A Gaussian blur of standard deviation ``width`` pixels of images ``(B, C, H, W)``, channel by channel, with
+    the border replicated (separable, truncated at four standard deviations)."""
+    radius = max(1, math.ceil(4 * width))
+    offsets = torch.arange(-radius, radius + 1, dtype=y.dtype, device=y.device)
+    kernel = torch.exp(-0.5 * (offsets / width).square())
+    kernel = (kernel / kernel.sum()).repeat(y.shape[1], 1, 1, 1)
+    rows = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernel, groups=y.shape[1])
+    return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="replicate"), kernel.transpose(2, 3), groups=y.shape[1])
+
+
 def impute_clipped(
     y: Tensor,
     sigma_y: float,
-    estimate: Callable[[Tensor], Tensor],
+    estimate: Callable[[Tensor], Tensor] = local_mean,
     *,
     low: float = -1.0,
     high: float = 1.0,
     step: float = 2 / 255,
-    rounds: int = 1,
+    rounds: int = 3,
 ) -> Tensor:
     """The observation ``y`` (model units) with its pixels at ``low`` or ``high`` replaced by their censored means.
 
-    ``estimate`` maps an observation to the current estimate of the clean image (the MMSE denoiser); ``step`` is the
-    file's quantisation step in model units (``2/255`` for 8 bits), so the thresholds are ``low + step/2`` and
-    ``high - step/2``. Each round costs one call of ``estimate``. An observation with no clipped pixel is returned
-    unchanged, at no cost.
+    ``estimate`` maps an observation to the current estimate of the clean image (:func:`local_mean` of images by
+    default, or an MMSE denoiser); ``step`` is the file's quantisation step in model units (``2/255`` for 8 bits), so
+    the thresholds are ``low + step/2`` and ``high - step/2``. Each round costs one call of
+    ``estimate``. An observation with no clipped pixel is returned unchanged, at no cost.
     """
     at_low, at_high = y <= low + step / 4, y >= high - step / 4
     if rounds < 1 or not (at_low.any() or at_high.any()):

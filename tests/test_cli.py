@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sda_cli.checkpoint import read_metadata
+from sda_cli.cli import command_seed
 
 
 def sda(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -78,6 +79,19 @@ def test_noise_adds_the_right_amount_and_is_seeded(tmp_path: Path) -> None:
     assert abs(residual.std() - 25 / 255) < 4 * (25 / 255) / np.sqrt(2 * residual.size)
     assert abs(residual.mean()) < 4 * (25 / 255) / np.sqrt(residual.size)
     assert not np.array_equal(np.round(np.clip(a, 0, 1) * 255), pixels(tmp_path / "c.png") * 255)
+
+
+def test_each_command_draws_from_its_own_stream_for_one_seed(tmp_path: Path) -> None:
+    """``sda noise --seed 0`` then ``sda denoise --seed 0``: the sampler's noise must not repeat the observation's."""
+    seeds = {command: command_seed(0, command) for command in ("noise", "denoise", "sample")}
+    assert len(set(seeds.values())) == 3 and all(0 <= s < 2**63 for s in seeds.values())
+    assert command_seed(0, "denoise") == command_seed(0, "denoise") != command_seed(1, "denoise")
+    np.save(tmp_path / "zero.npy", np.zeros((32, 32, 3), np.float32))
+    ok("noise", tmp_path / "zero.npy", "--sigma", "1", "-o", tmp_path / "n.npy", "--seed", "0")
+    drawn = np.load(tmp_path / "n.npy").transpose(2, 0, 1).ravel()
+    for command in ("denoise", "sample"):
+        stream = torch.randn(drawn.size, generator=torch.Generator().manual_seed(seeds[command])).numpy()
+        assert abs(np.corrcoef(drawn, stream)[0, 1]) < 4 / np.sqrt(drawn.size)
 
 
 def test_noise_then_denoise_mmse_improves_and_is_deterministic(
