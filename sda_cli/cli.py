@@ -83,7 +83,11 @@ _debug = False
 
 Seed = Annotated[
     int | None,
-    typer.Option(min=0, max=MAX_SEED, help="Seed of every random draw; without it one is drawn (see --verbose)."),
+    typer.Option(
+        min=0,
+        max=MAX_SEED,
+        help="Seed of every random draw (each command has its own stream); without it one is drawn (see --verbose).",
+    ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print the seed, device and model used.")]
 MaxPixels = Annotated[
