@@ -68,9 +68,9 @@ DEFAULT_STEPS = {"ancestral": 128, "ddim": 64, "heun": 32, "pc": 64}
 PIXELS_PER_CALL = 1 << 16
 """Pixels (N·h·w) per network call of ``sda denoise``, divided among the draws: 64 CIFAR images or 16 tiles of 64².
 
-Chosen over the earlier 2¹⁷ by one in-process measurement of the network alone (shipped U-Net, float32, 2 Ice Lake
-cores, three interleaved rounds): 64 CIFAR images per call gave 41 images/s against 37 for 128. End to end through
-the CLI this is not confirmed: two pairs of runs were slower at 2¹⁶, within noisy timings (``benchmarks/RESULTS.md``).
+Chosen over 2¹⁷ by measurement: ``sda denoise`` of 1,000 noisy CIFAR-10 PNGs (mmse, 2 AVX2 EPYC cores, float32)
+took 44.4, 48.4 and 47.2 s at 2¹⁶ against 52.9, 51.1 and 54.4 s at 2¹⁷, in three alternating rounds
+(``benchmarks/RESULTS.md``).
 """
 
 MAX_SEED = 2**63 - 1
