@@ -42,7 +42,8 @@ def checkpoint_line(path: Path | None) -> str:
     from sda_cli.checkpoint import read_metadata
 
     step = read_metadata(path).get("training", {}).get("step", "?")
-    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    resolved = path.resolve()
+    shown = resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path
     return f"{shown} (step {step})"
 
 

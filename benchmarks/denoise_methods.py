@@ -8,11 +8,11 @@ denoises the same noisy files:
   units ``x = 2p - 1`` so ``sigma_y = 2 sigma``:
   ``mmse`` (``posterior.mmse``, one evaluation), ``posterior`` (one matched-start ancestral sample,
   ``posterior.posterior_sample`` with ``--posterior-steps``, default 128 as ``sda denoise --method posterior``),
-  ``mean`` (mean of K = 8 matched samples, ``posterior.posterior_mean_std`` with the same steps), ``langevin``
-  (``posterior.langevin`` defaults: 10 levels of 20 steps), ``guided`` (``posterior.guided``, ``t_start = 0.5``,
-  default strength 0.1 and 64 steps) and ``sda`` (``posterior.sda`` defaults, ``--sda-steps`` steps, default 256);
-  each from the observation with its clipped pixels imputed (``sda_cli.clipping``, from the local mean) as
-  ``sda denoise`` does on 8-bit files (``--no-impute``: taken as they are);
+  ``mean`` (mean of K = ``--samples`` matched samples, ``posterior.posterior_mean_std`` with the same steps),
+  ``langevin`` (``posterior.langevin`` defaults: 10 levels of 20 steps), ``guided`` (``posterior.guided``,
+  ``t_start = 0.5``, default strength 0.1 and 64 steps) and ``sda`` (``posterior.sda`` defaults, ``--sda-steps``
+  steps, default 256); each from the observation with its clipped pixels imputed (``sda_cli.clipping``, from the
+  local mean) as ``sda denoise`` does on 8-bit files (``--no-impute``: taken as they are);
 * classical denoisers, given the true sigma: CBM3D (``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)``), non-local means
   (``skimage.restoration.denoise_nl_means``, ``h = 0.8 sigma``, ``fast_mode``, patch 5, distance 6), total
   variation (``denoise_tv_chambolle``, its weight chosen per sigma from ``sigma`` × ``TV_FACTORS`` by the best
@@ -34,10 +34,9 @@ come from the stream of ``sda denoise --seed`` (independent of the noise files' 
 and sigma.
 
 The checks (per sigma, on the images both rows used): ``mean`` (K = ``--samples``, default 8) within 0.3 dB of
-``mmse``; ``posterior``
-within 3.5 dB of ``mmse``; ``sda`` above both ``langevin`` and ``guided``. For exact, independent posterior
-samples the expected gaps are 10 log10(1 + 1/K) = 0.51 dB at K = 8 and 10 log10 2 = 3.01 dB for one sample
-(MSE ratios; per-image PSNR averages differ slightly).
+``mmse``; ``posterior`` within 3.5 dB of ``mmse``; ``sda`` above both ``langevin`` and ``guided``. For exact,
+independent posterior samples the expected gaps are 10 log10(1 + 1/K) = 0.51 dB at K = 8 and 10 log10 2 = 3.01 dB
+for one sample (MSE ratios; per-image PSNR averages differ slightly).
 
 Run from the repository root. A full run takes hours on 2 CPU cores: at 1 thread beside a training run the five
 slow methods together took about 80 s per image at their default steps (``sda`` 35 s, ``mean`` about 32 s) and

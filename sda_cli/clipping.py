@@ -24,7 +24,7 @@ regions, and there a local mean of the observation is nearly as good as the netw
 blur of one pixel, iterated as a fixed point (blur the imputed observation, impute again; three rounds). On 500 CIFAR-10
 test images this recovers the same PSNR as imputing with the network's MMSE estimate to within 0.01 dB at sigma 0.1,
 0.2 and 0.3 (``benchmarks/clipping.py``), and it costs no network evaluation, so that ``--clipped auto`` leaves
-``mmse`` at one evaluation per pixel.
+``mmse`` at one network evaluation per image.
 
 References:
     Tobin, "Estimation of Relationships for Limited Dependent Variables", Econometrica 1958.
