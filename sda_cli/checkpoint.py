@@ -53,6 +53,8 @@ MAX_LEVELS = 8
 MAX_BLOCKS = 16
 MAX_HEADS = 64
 MAX_IMAGE_SIZE = 1 << 14
+READ_ATTEMPTS = 5
+"""Reads of a file that is being replaced meanwhile (a training run saving), before giving up."""
 MAX_PARAMETERS = 500_000_000
 """Largest U-Net that a config may describe (2 GB of fp32 weights); checked before anything is built."""
 
@@ -187,17 +189,46 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The validated JSON config of a model or state file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; train one with `sda train` or pass --model FILE")
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Inode, size and modification time: which version of ``path`` is in place, or None if there is none."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The validated config and, when ``with_tensors``, the tensors of one version of ``path``.
+
+    safetensors opens a file twice: once for its header, then by name again for torch's memory map. A
+    checkpoint renamed into place between the two (``sda train`` saving while another process loads)
+    fails on the size or mixes two files, so a read during which the file was replaced is repeated.
+    """
+    for _ in range(READ_ATTEMPTS):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint; train one with `sda train` or pass --model FILE")
+        before = _identity(path)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                config = _parse_metadata(path, handle.metadata() or {})
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
+        except CheckpointError:
+            if _identity(path) != before:
+                continue
+            raise
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            if _identity(path) != before:
+                continue
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
+        if _identity(path) == before:
+            return config, tensors
+    raise CheckpointError(f"{path}: the file was replaced {READ_ATTEMPTS} times while being read; try again")
+
+
+def _parse_metadata(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """The sda config in a file's metadata, validated by :func:`check_config`."""
     text = metadata.get(METADATA_KEY)
     if text is None:
         raise CheckpointError(f"{path}: safetensors file without sda metadata; use a checkpoint written by `sda train`")
@@ -219,12 +250,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {error}; use a checkpoint written by `sda train`") from None
 
 
-def _read_tensors(path: Path, prefix: str = "") -> dict[str, Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {k[len(prefix) :]: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: tensors cannot be read ({str(error).splitlines()[0]})") from None
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The validated JSON config of a model or state file."""
+    return _read(Path(path), with_tensors=False)[0]
 
 
 def _load_weights(module: torch.nn.Module, tensors: dict[str, Tensor], path: Path) -> None:
@@ -269,9 +297,9 @@ def _write(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any])
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Denoiser, dict[str, Any]]:
     """Rebuild a denoiser from a model file alone: config from the metadata, then the weights."""
     path = Path(path)
-    config = read_metadata(path)
+    config, tensors = _read(path, with_tensors=True)
     denoiser = build_denoiser(config)
-    _load_weights(denoiser.backbone, _read_tensors(path), path)
+    _load_weights(denoiser.backbone, tensors, path)
     return denoiser.to(device).eval(), config
 
 
@@ -285,11 +313,11 @@ def save_state(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str,
 def load_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a training state written by :func:`save_state`."""
     path = Path(path)
-    metadata = read_metadata(path)
+    metadata, tensors = _read(path, with_tensors=True)
     step = metadata.get("step")
     if not (_is_int(step) and step >= 0 and isinstance(metadata.get("optimizer"), list)):
         raise CheckpointError(
             f"{path}: not a training state (no step or optimiser settings); resume from the model file instead "
             "by moving this file away"
         )
-    return _read_tensors(path), metadata
+    return tensors, metadata

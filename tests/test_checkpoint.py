@@ -1,11 +1,24 @@
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sda_cli.checkpoint import CheckpointError, build_denoiser, complete_config, load_model, read_metadata, save_model
+from sda_cli import checkpoint
+from sda_cli.checkpoint import (
+    CheckpointError,
+    build_denoiser,
+    complete_config,
+    load_model,
+    load_state,
+    read_metadata,
+    save_model,
+    save_state,
+)
 
 CONFIG = {
     "model": {"channels": 3, "widths": [8, 16], "blocks": 1, "attention_levels": [1], "heads": 2, "groups": 4},
@@ -101,3 +114,75 @@ def test_truncated_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_model(tmp_path / "absent.safetensors")
+
+
+def _version(path: Path, step: int) -> None:
+    """A training state whose every number is ``step`` and whose size changes with it."""
+    save_state(
+        path, {"x": torch.full((1000 + 997 * (step % 7),), float(step))}, {**CONFIG, "step": step, "optimizer": []}
+    )
+
+
+def _assert_whole(tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    step = metadata["step"]
+    assert tensors["x"].shape == (1000 + 997 * (step % 7),) and bool((tensors["x"] == step).all()), step
+
+
+def test_a_file_replaced_during_the_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint renamed into place between safetensors' two opens is read again, whole, not mixed."""
+    path = tmp_path / "m.state.safetensors"
+    _version(path, 1)
+    opened: list[str] = []
+
+    def replaced_on_first_open(name: str, **kwargs: str) -> object:
+        handle = safe_open(name, **kwargs)
+        opened.append(name)
+        if len(opened) == 1:
+            _version(path, 2)  # while the reader holds the first version open
+        return handle
+
+    monkeypatch.setattr(checkpoint, "safe_open", replaced_on_first_open)
+    tensors, metadata = load_state(path)
+    assert len(opened) == 2 and metadata["step"] == 2
+    _assert_whole(tensors, metadata)
+
+
+def test_a_file_replaced_at_every_read_gives_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.state.safetensors"
+    _version(path, 1)
+    steps = iter(range(2, 100))
+
+    def always_replaced(name: str, **kwargs: str) -> object:
+        _version(path, next(steps))
+        return safe_open(name, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "safe_open", always_replaced)
+    with pytest.raises(CheckpointError, match="replaced 5 times while being read; try again"):
+        read_metadata(path)
+
+
+def test_loading_while_another_thread_saves_always_gives_one_whole_version(tmp_path: Path) -> None:
+    """Saving in a loop (a training run) while loading in another: every load succeeds and is one version."""
+    path = tmp_path / "m.state.safetensors"
+    _version(path, 0)
+    stop = threading.Event()
+
+    def save_in_a_loop() -> None:
+        step = 1
+        while not stop.is_set():
+            _version(path, step)
+            step += 1
+
+    writer = threading.Thread(target=save_in_a_loop)
+    writer.start()
+    try:
+        steps = set()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            tensors, metadata = load_state(path)
+            _assert_whole(tensors, metadata)
+            steps.add(metadata["step"])
+    finally:
+        stop.set()
+        writer.join()
+    assert len(steps) > 10  # the file really was replaced under the reader
