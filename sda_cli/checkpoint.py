@@ -53,10 +53,10 @@ MAX_LEVELS = 8
 MAX_BLOCKS = 16
 MAX_HEADS = 64
 MAX_IMAGE_SIZE = 1 << 14
-READ_ATTEMPTS = 5
-"""Reads of a file that is being replaced meanwhile (a training run saving), before giving up."""
 MAX_PARAMETERS = 500_000_000
 """Largest U-Net that a config may describe (2 GB of fp32 weights); checked before anything is built."""
+READ_ATTEMPTS = 5
+"""Reads of a file that is being replaced meanwhile (a training run saving), before giving up."""
 
 
 class CheckpointError(ValueError):
@@ -213,13 +213,11 @@ def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, Ten
             with safe_open(str(path), framework="pt") as handle:
                 config = _parse_metadata(path, handle.metadata() or {})
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
-        except CheckpointError:
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # CheckpointError is a ValueError
             if _identity(path) != before:
                 continue
-            raise
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            if _identity(path) != before:
-                continue
+            if isinstance(error, CheckpointError):
+                raise
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
         if _identity(path) == before:
