@@ -77,39 +77,13 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def parameter_count(model: dict[str, Any]) -> int:
-    """The number of parameters of the U-Net that a ``model`` config section describes, without building it.
+    """The number of parameters of the U-Net that a ``model`` config section describes, without allocating it.
 
-    Mirrors :class:`sda_cli.unet.UNet` layer by layer (a test checks it against the built network).
+    The network is built on the ``meta`` device, where tensors have shapes but no storage.
     """
-    cfg = UNetConfig.from_dict(model)
-
-    def conv(width_in: int, width_out: int, kernel: int) -> int:
-        return width_in * width_out * kernel * kernel + width_out
-
-    def block(width_in: int, width: int, attention: bool) -> int:
-        res = 2 * width_in + conv(width_in, width, 3) + embedding * 2 * width + 2 * width + 2 * width
-        res += conv(width, width, 3) + (conv(width_in, width, 1) if width_in != width else 0)
-        return res + ((2 * width + conv(width, 3 * width, 1) + conv(width, width, 1)) if attention else 0)
-
-    widths, n = list(cfg.widths), cfg.blocks
-    embedding = 4 * widths[0]
-    total = (widths[0] * embedding + embedding) + (embedding * embedding + embedding) + conv(cfg.channels, widths[0], 3)
-    skips, current = [widths[0]], widths[0]
-    for i, width in enumerate(widths):
-        total += sum(block(w, width, i in cfg.attention_levels) for w in [current] + [width] * (n - 1))
-        current = width
-        skips += [width] * n
-        if i < len(widths) - 1:
-            total += conv(width, width, 3)
-            skips.append(width)
-    total += 2 * block(current, current, True)
-    for i, width in reversed(list(enumerate(widths))):
-        for _ in range(n + 1):
-            total += block(current + skips.pop(), width, i in cfg.attention_levels)
-            current = width
-        if i > 0:
-            total += conv(width, width, 3)
-    return total + 2 * current + conv(current, cfg.channels, 3)
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.from_dict(model))
+    return sum(p.numel() for p in unet.parameters())
 
 
 def build_denoiser(config: dict[str, Any]) -> Denoiser:
@@ -159,6 +133,8 @@ def check_config(config: Any) -> dict[str, Any]:
     for key, limit in (("heads", MAX_HEADS), ("groups", MAX_WIDTH)):
         if key in model and not (_is_int(model[key]) and 1 <= model[key] <= limit):
             raise CheckpointError(f"model {key} must be a whole number from 1 to {limit}")
+    if "patch" in model and not (_is_int(model["patch"]) and 1 <= model["patch"] <= 16):
+        raise CheckpointError("model patch must be a whole number from 1 to 16")
     dropout = model.get("dropout", 0.0)
     if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
         raise CheckpointError("model dropout must be a number in [0, 1)")
@@ -176,7 +152,8 @@ def check_config(config: Any) -> dict[str, Any]:
         make_schedule(config["schedule"])
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise CheckpointError(f"invalid config ({type(error).__name__}: {error})") from None
-    attended = {unet.widths[-1]} | {unet.widths[level] for level in unet.attention_levels if level < len(widths)}
+    coarsest = {unet.widths[-1]} if len(widths) - 1 in unet.attention_levels else set()
+    attended = coarsest | {unet.widths[level] for level in unet.attention_levels if level < len(widths)}
     if any(width % unet.heads for width in attended):
         raise CheckpointError(f"model heads ({unet.heads}) do not divide the widths {sorted(attended)} with attention")
     count = parameter_count(model)

@@ -274,7 +274,25 @@ def train_command(
     channels: Annotated[int, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = 3,
     widths: Annotated[str, typer.Option(help="U-Net widths per level, comma-separated.")] = "64,128,192",
     blocks: Annotated[int, typer.Option(min=1, max=16, help="Residual blocks per level.")] = 2,
-    attention: Annotated[str, typer.Option(help="Levels with self-attention (0 = full resolution).")] = "2",
+    attention: Annotated[
+        str, typer.Option(help="Levels with self-attention (0 = the stem's resolution), or none.")
+    ] = "2",
+    patch: Annotated[
+        int, typer.Option(min=1, max=16, help="Space-to-depth factor of the stem: 2 runs the network at half size.")
+    ] = 1,
+    norm: Annotated[str, typer.Option(help="group (adaptive group norm) or none (a local network, for photos).")] = (
+        "group"
+    ),
+    crop: Annotated[
+        int | None,
+        typer.Option(min=8, help="Train on random crops of this side of full-size photos (flips, 90° turns)."),
+    ] = None,
+    noise_mean: Annotated[float, typer.Option(help="Mean of log(sigma_t/alpha_t) of the training noise levels.")] = (
+        -1.2
+    ),
+    noise_std: Annotated[
+        float, typer.Option(min=0.01, help="Standard deviation of log(sigma_t/alpha_t) of the training noise levels.")
+    ] = 1.2,
     parametrisation: Annotated[str, typer.Option(help="edm, v or eps.")] = "edm",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every N steps.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's training state, or from OUT's weights.")] = False,
@@ -305,19 +323,28 @@ def train_command(
         raise UsageError(f"--parametrisation must be one of {', '.join(PARAMETRISATIONS)}")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise UsageError("--precision must be auto, bf16, fp16 or fp32")
+    if norm not in ("group", "none"):
+        raise UsageError("--norm must be group or none")
     width_list = _ints(widths, "--widths")
-    levels = _ints(attention, "--attention")
+    levels = () if attention.strip().lower() == "none" else _ints(attention, "--attention")
     if not 1 <= len(width_list) <= 8 or any(w < 1 or w > 4096 for w in width_list):
         raise UsageError("--widths needs 1 to 8 widths between 1 and 4096, such as 64,128,192")
-    if image_size % 2 ** (len(width_list) - 1):
-        raise UsageError(
-            f"--image-size must be a multiple of {2 ** (len(width_list) - 1)} for {len(width_list)} levels"
-        )
+    factor = patch * 2 ** (len(width_list) - 1)
+    side_name, side = ("--crop", crop) if crop is not None else ("--image-size", image_size)
+    if side % factor:
+        raise UsageError(f"{side_name} must be a multiple of {factor} for {len(width_list)} levels and --patch {patch}")
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, not {out.name!r}")
     model_config = {
-        "model": {"channels": channels, "widths": list(width_list), "blocks": blocks, "attention_levels": list(levels)},
-        "denoiser": {"parametrisation": parametrisation},
+        "model": {
+            "channels": channels,
+            "widths": list(width_list),
+            "blocks": blocks,
+            "attention_levels": list(levels),
+            "patch": patch,
+            "norm": norm,
+        },
+        "denoiser": {"parametrisation": parametrisation, "p_mean": noise_mean, "p_std": noise_std},
         "schedule": {"name": "cosine"},
     }
     if not resume:
@@ -343,14 +370,14 @@ def train_command(
     )
     main_process = int(os.environ.get("RANK", "0")) == 0
     if dataset.lower() != "cifar10":
-        data = load_dataset(dataset, data_dir, image_size, channels)
+        data = load_dataset(dataset, data_dir, image_size, channels, crop)
     elif no_download and (image_size, channels) == (32, 3):
         data = cifar10(data_dir, download=False)
     else:
         timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's download sets none: it could wait for ever
         try:
-            data = load_dataset(dataset, data_dir, image_size, channels)
+            data = load_dataset(dataset, data_dir, image_size, channels, crop)
         finally:
             socket.setdefaulttimeout(timeout)
     if main_process:

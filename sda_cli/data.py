@@ -1,7 +1,12 @@
 """Training data: CIFAR-10 (torchvision's layout, local copies accepted) and folders of images.
 
-Both kinds are decoded once into a uint8 tensor ``(N, C, H, W)`` that lives on the training device
-(CIFAR-10 is 150 MB), so a training step draws its batch by indexing, with no input pipeline.
+Every kind is decoded once into uint8 tensors that live on the training device (CIFAR-10 is 150 MB), so a
+training step draws its batch by indexing, with no input pipeline. Two ways to draw a batch:
+
+* whole images, all resized and centre-cropped to one size ``(N, C, H, W)``, with random horizontal flips;
+* random ``crop × crop`` windows of photos kept at full resolution, each turned by a random element of the
+  dihedral group (flips and 90° rotations, 8 in all), as colour CNN denoisers are trained (Zhang et al.,
+  "Beyond a Gaussian Denoiser", TIP 2017; "FFDNet", TIP 2018).
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ import torchvision
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "DataError", "Dataset", "cifar10", "default_cifar_dirs", "image_folder", "load_dataset"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataError",
+    "Dataset",
+    "cifar10",
+    "default_cifar_dirs",
+    "image_folder",
+    "load_dataset",
+    "photo_folder",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -27,11 +41,49 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Images as uint8 ``(N, C, H, W)``, the name recorded in checkpoints, and files skipped."""
+    """Images as uint8 ``(N, C, H, W)`` (or a list of ``(C, H_i, W_i)`` photos with ``crop``), the name recorded in
+    checkpoints, files skipped, and the side of the random crops (``None``: whole images)."""
 
-    images: Tensor
+    images: Tensor | list[Tensor]
     name: str
     skipped: int = 0
+    crop: int | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.images[0].shape[0])
+
+    @property
+    def size(self) -> int:
+        """The side of the training images: the crop, or the images' own."""
+        return self.crop or int(self.images[0].shape[-1])
+
+    def to(self, device: torch.device) -> Dataset:
+        images = [image.to(device) for image in self.images] if self.crop else self.images.to(device)
+        return Dataset(images, self.name, self.skipped, self.crop)  # type: ignore[arg-type]
+
+    def batch(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` training images in model units :math:`x = 2p - 1`, augmented, ``(n, C, size, size)`` float32."""
+        device = generator.device
+        pick = torch.randint(len(self.images), (n,), generator=generator, device=device)
+        if self.crop is None:
+            assert isinstance(self.images, Tensor)
+            x = self.images[pick].float()
+            flip = torch.rand(n, generator=generator, device=device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        else:
+            side = self.crop
+            corners = torch.rand(n, 2, generator=generator, device=device).tolist()
+            turns = torch.randint(8, (n,), generator=generator, device=device).tolist()
+            windows = []
+            for index, (u, v), turn in zip(pick.tolist(), corners, turns, strict=True):
+                image = self.images[index]
+                top = int(u * (image.shape[1] - side + 1))
+                left = int(v * (image.shape[2] - side + 1))
+                window = image[:, top : top + side, left : left + side].rot90(turn % 4, (1, 2))
+                windows.append(window.flip(-1) if turn >= 4 else window)
+            x = torch.stack(windows).float()
+        return x.div_(127.5).sub_(1.0)
 
 
 class _LocalCIFAR10(torchvision.datasets.CIFAR10):
@@ -116,16 +168,7 @@ def image_folder(folder: Path, size: int, channels: int = 3, workers: int = 2) -
     Decoding runs in a DataLoader with ``workers`` processes; unreadable files are skipped and counted.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder; pass --dataset cifar10 or a folder of images")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
-    if not files:
-        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
-        raise DataError(f"{folder}: no images found (looked for {suffixes}); pass a folder that holds images")
+    files = _image_files(folder)
     loader = torch.utils.data.DataLoader(
         _FolderImages(files, size, channels), batch_size=64, num_workers=workers if len(files) > 256 else 0
     )
@@ -139,10 +182,53 @@ def image_folder(folder: Path, size: int, channels: int = 3, workers: int = 2) -
     return Dataset(images[good].permute(0, 3, 1, 2).contiguous(), str(folder), skipped=int((~good).sum()))
 
 
-def load_dataset(dataset: str, data_dir: Path | None, size: int, channels: int) -> Dataset:
-    """``cifar10`` or a folder path, as the ``--dataset`` option takes it."""
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; pass --dataset cifar10 or a folder of images")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        raise DataError(f"{folder}: no images found (looked for {suffixes}); pass a folder that holds images")
+    return files
+
+
+def photo_folder(folder: Path, crop: int, channels: int = 3) -> Dataset:
+    """Every image below ``folder`` at full resolution, for random ``crop × crop`` windows (:meth:`Dataset.batch`).
+
+    Images with a side shorter than ``crop`` and unreadable files are skipped and counted.
+    """
+    folder = Path(folder)
+    images, skipped = [], 0
+    for path in _image_files(folder):
+        try:
+            with Image.open(path) as image:
+                array = np.array(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            skipped += 1
+            continue
+        array = array[:, :, None] if array.ndim == 2 else array
+        if min(array.shape[:2]) < crop:
+            skipped += 1
+            continue
+        images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+    if not images:
+        raise DataError(f"{folder}: no readable image has both sides of at least {crop} pixels; lower --crop")
+    return Dataset(images, str(folder), skipped=skipped, crop=crop)
+
+
+def load_dataset(dataset: str, data_dir: Path | None, size: int, channels: int, crop: int | None = None) -> Dataset:
+    """``cifar10`` or a folder path, as the ``--dataset`` option takes it; ``crop``: random windows of full-size
+    photos instead of whole resized images."""
     if dataset.lower() == "cifar10":
-        if size != 32 or channels != 3:
-            raise DataError("CIFAR-10 images are 32x32 RGB; use --image-size 32 and --channels 3 with it")
+        if size != 32 or channels != 3 or crop is not None:
+            raise DataError(
+                "CIFAR-10 images are 32x32 RGB; use --image-size 32 and --channels 3, and no --crop, with it"
+            )
         return cifar10(data_dir)
+    if crop is not None:
+        return photo_folder(Path(dataset), crop, channels)
     return image_folder(Path(dataset), size, channels)

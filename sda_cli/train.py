@@ -230,8 +230,8 @@ def train(
 
     precision = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-    images = dataset.images.to(device)
-    n, channels, height, _ = images.shape
+    data = dataset.to(device)
+    channels, height = data.channels, data.size
     expected_channels = model_config["model"].get("channels", 3)
     if channels != expected_channels:
         raise TrainingError(f"the data have {channels} channels but the model has {expected_channels}")
@@ -285,10 +285,7 @@ def train(
                 lr = config.lr * min(1.0, (step - optimiser_start + 1) / max(1, config.warmup))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                index = torch.randint(n, (config.batch_size,), generator=generator, device=device)
-                x = images[index].float().div_(127.5).sub_(1.0)
-                flip = torch.rand(config.batch_size, generator=generator, device=device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x).contiguous(memory_format=torch.channels_last)
+                x = data.batch(config.batch_size, generator).contiguous(memory_format=torch.channels_last)
                 t = denoiser.sample_times(config.batch_size, generator=generator, device=device)
                 noise = torch.randn(x.shape, generator=generator, device=device).contiguous(
                     memory_format=torch.channels_last

@@ -25,9 +25,20 @@ from torch import Tensor, nn
 __all__ = ["UNet", "UNetConfig"]
 
 
+NORMS = ("group", "none")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
-    """Widths per level, residual blocks per level, and the levels (0 = full resolution) with attention."""
+    """The shape of the U-Net.
+
+    ``widths``: channels per level (level 0 is the stem's resolution); ``blocks``: residual blocks per level;
+    ``attention_levels``: the levels with self-attention (the middle block has it when the coarsest level does);
+    ``patch``: the stem's space-to-depth factor :math:`p` (pixel-unshuffle, Shi et al., 2016, as in FFDNet), so the
+    network works at :math:`1/p` of the image's resolution from its first layer; ``norm``: ``group`` (adaptive group
+    norm) or ``none`` (the embedding's scale and shift only: with no attention either, the network is local, and its
+    output at a pixel does not depend on how far the image extends, which is what tiling large images needs).
+    """
 
     channels: int = 3
     widths: tuple[int, ...] = (64, 128, 192)
@@ -36,6 +47,14 @@ class UNetConfig:
     heads: int = 4
     dropout: float = 0.0
     groups: int = 16
+    patch: int = 1
+    norm: str = "group"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORMS)}")
+        if self.patch < 1:
+            raise ValueError(f"patch must be a positive integer, got {self.patch}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,11 +74,11 @@ class UNetConfig:
     @property
     def factor(self) -> int:
         """The downsampling factor: image sides must be multiples of it (or are padded to one)."""
-        return 2 ** (len(self.widths) - 1)
+        return self.patch * 2 ** (len(self.widths) - 1)
 
 
-def _norm(width: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(groups, width), width)
+def _norm(width: int, cfg: UNetConfig) -> nn.Module:
+    return nn.GroupNorm(math.gcd(cfg.groups, width), width) if cfg.norm == "group" else nn.Identity()
 
 
 class NoiseEmbedding(nn.Module):
@@ -78,13 +97,13 @@ class NoiseEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """GN → SiLU → conv → adaptive GN (scale, shift from the embedding) → SiLU → dropout → conv, plus skip."""
 
-    def __init__(self, width_in: int, width_out: int, embedding: int, groups: int, dropout: float) -> None:
+    def __init__(self, width_in: int, width_out: int, embedding: int, cfg: UNetConfig) -> None:
         super().__init__()
-        self.norm1 = _norm(width_in, groups)
+        self.norm1 = _norm(width_in, cfg)
         self.conv1 = nn.Conv2d(width_in, width_out, 3, padding=1)
         self.modulation = nn.Linear(embedding, 2 * width_out)
-        self.norm2 = _norm(width_out, groups)
-        self.dropout = nn.Dropout(dropout)
+        self.norm2 = _norm(width_out, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.conv2 = nn.Conv2d(width_out, width_out, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -101,10 +120,10 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, with a residual connection."""
 
-    def __init__(self, width: int, heads: int, groups: int) -> None:
+    def __init__(self, width: int, cfg: UNetConfig) -> None:
         super().__init__()
-        self.heads = heads
-        self.norm = _norm(width, groups)
+        self.heads = cfg.heads
+        self.norm = _norm(width, cfg)
         self.qkv = nn.Conv2d(width, 3 * width, 1)
         self.proj = nn.Conv2d(width, width, 1)
         nn.init.zeros_(self.proj.weight)
@@ -122,8 +141,8 @@ class Block(nn.Module):
 
     def __init__(self, width_in: int, width: int, embedding: int, attention: bool, cfg: UNetConfig) -> None:
         super().__init__()
-        self.res = ResBlock(width_in, width, embedding, cfg.groups, cfg.dropout)
-        self.attention = Attention(width, cfg.heads, cfg.groups) if attention else nn.Identity()
+        self.res = ResBlock(width_in, width, embedding, cfg)
+        self.attention = Attention(width, cfg) if attention else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         return self.attention(self.res(x, emb))
@@ -142,7 +161,9 @@ class UNet(nn.Module):
         widths, n = list(config.widths), config.blocks
         embedding = 4 * widths[0]
         self.embed = NoiseEmbedding(widths[0], embedding)
-        self.stem = nn.Conv2d(config.channels, widths[0], 3, padding=1)
+        pixels = config.channels * config.patch**2
+        self.unshuffle = nn.PixelUnshuffle(config.patch)
+        self.stem = nn.Conv2d(pixels, widths[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -158,7 +179,8 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
                 skips.append(width)
 
-        self.mid = _level([current, current], current, embedding, True, config)
+        coarsest = len(widths) - 1 in config.attention_levels
+        self.mid = _level([current, current], current, embedding, coarsest, config)
 
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -171,9 +193,8 @@ class UNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(width, width, 3, padding=1))
 
-        self.head = nn.Sequential(
-            _norm(current, config.groups), nn.SiLU(), nn.Conv2d(current, config.channels, 3, padding=1)
-        )
+        self.head = nn.Sequential(_norm(current, config), nn.SiLU(), nn.Conv2d(current, pixels, 3, padding=1))
+        self.shuffle = nn.PixelShuffle(config.patch)
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -186,7 +207,7 @@ class UNet(nn.Module):
             z = F.pad(z, (0, pad_w, 0, pad_h), mode=mode)
 
         emb = self.embed(c)
-        h = self.stem(z)
+        h = self.stem(self.unshuffle(z))
         skips = [h]
         for i, level in enumerate(self.down):
             for block in level:
@@ -202,5 +223,5 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        out = self.head(h)
+        out = self.shuffle(self.head(h))
         return out[..., :height, :width]
