@@ -86,13 +86,15 @@ def parameter_count(model: dict[str, Any]) -> int:
     return sum(p.numel() for p in unet.parameters())
 
 
-def build_denoiser(config: dict[str, Any]) -> Denoiser:
-    """Build an untrained denoiser from a config; refuses a U-Net of more than :data:`MAX_PARAMETERS`."""
+def build_denoiser(config: dict[str, Any], precision: torch.dtype | None = None) -> Denoiser:
+    """Build an untrained denoiser from a config, its network evaluated under autocast to ``precision`` (``None``:
+    float32, or the caller's context); refuses a U-Net of more than :data:`MAX_PARAMETERS`."""
     count = parameter_count(config["model"])
     if count > MAX_PARAMETERS:
         raise CheckpointError(f"{_too_large(count)}; use smaller widths or fewer blocks")
-    unet = UNet(UNetConfig.from_dict(config["model"]))
-    return Denoiser(unet, make_schedule(config["schedule"]), DenoiserConfig.from_dict(config["denoiser"]))
+    unet = UNet(UNetConfig.from_dict(config["model"]), precision=precision)
+    denoiser_config = DenoiserConfig.from_dict(config["denoiser"])
+    return Denoiser(unet, make_schedule(config["schedule"]), denoiser_config, int(config.get("image_size", 32)))
 
 
 def _too_large(count: int) -> str:
@@ -269,12 +271,16 @@ def _write(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any])
         raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}); {advice}") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Denoiser, dict[str, Any]]:
-    """Rebuild a denoiser from a model file alone: config from the metadata, then the weights."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", precision: torch.dtype | None = None
+) -> tuple[Denoiser, dict[str, Any]]:
+    """Rebuild a denoiser from a model file alone: config from the metadata, then the weights; channels-last, in
+    eval mode, its network evaluated under autocast to ``precision`` (``None``: float32)."""
     path = Path(path)
     config, tensors = _read(path, with_tensors=True)
-    denoiser = build_denoiser(config)
+    denoiser = build_denoiser(config, precision)
     _load_weights(denoiser.backbone, tensors, path)
+    denoiser.backbone.to(memory_format=torch.channels_last)
     return denoiser.to(device).eval(), config
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import errno
-import functools
-import hashlib
 import json
 import math
 import os
-import secrets
 import socket
 import sys
 import tempfile
@@ -23,10 +20,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sda_cli import posterior, sampler
-from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, load_model, read_metadata
-from sda_cli.clipping import impute_clipped
-from sda_cli.denoiser import PARAMETRISATIONS, PRECISIONS, Denoiser, autocast_dtype
+from sda_cli import restore
+from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, read_metadata
+from sda_cli.denoiser import PARAMETRISATIONS, PRECISIONS, Denoiser
+from sda_cli.generate import DEFAULT_SAMPLER, sample
+from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse
 from sda_cli.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -35,16 +33,16 @@ from sda_cli.images import (
     make_grid,
     output_path_for,
     read_image,
-    to_model,
-    to_pixels,
     write_image,
 )
+from sda_cli.models import load_model, pick_device, resolve_model
 from sda_cli.noise_level import estimate_sigma
-from sda_cli.tiles import map_tiles
+from sda_cli.sampler import DEFAULT_STEPS, SAMPLERS, make_sampler
+from sda_cli.seeds import command_seed, seeded_generator
 
 # sda_cli.train and sda_cli.data import torchvision (about a second): they are imported where they are used.
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command_seed", "main"]
 
 app = typer.Typer(
     name="sda",
@@ -55,23 +53,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "cifar10.safetensors"
 
 
 class UsageError(ValueError):
     """A bad option value; the message says what is wrong and what to do."""
 
-
-DEFAULT_STEPS = {"ancestral": 128, "ddim": 64, "heun": 32, "pc": 64}
-"""Default step counts per sampler (``--steps`` overrides)."""
-
-PIXELS_PER_CALL = 1 << 16
-"""Pixels (N·h·w) per network call of ``sda denoise``, divided among the draws: 64 CIFAR images or 16 tiles of 64².
-
-Chosen over 2¹⁷ by measurement: ``sda denoise`` of 1,000 noisy CIFAR-10 PNGs (mmse, 2 AVX2 EPYC cores, float32)
-took 44.4, 48.4 and 47.2 s at 2¹⁶ against 52.9, 51.1 and 54.4 s at 2¹⁷, in three alternating rounds
-(``benchmarks/RESULTS.md``).
-"""
 
 MAX_SEED = 2**63 - 1
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
@@ -116,37 +102,27 @@ def parse_sigma(text: str) -> float:
     return value
 
 
-def _load_model(path: Path | None, device: torch.device, verbose: bool, precision: str = "auto") -> Denoiser:
-    """The model for inference: channels-last, its network evaluated at ``--precision``."""
-    path = path or DEFAULT_MODEL
+def _load_model(model: str | None, device: torch.device, verbose: bool, precision: str) -> Denoiser:
+    """``--model`` (a shipped name or a path) for inference on ``device`` at ``--precision``."""
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    if not path.is_file():
-        hint = "train one with `sda train` or pass --model FILE" if path == DEFAULT_MODEL else "check the path"
-        raise CheckpointError(f"no model at {path}; {hint}")
-    denoiser, _ = load_model(path, device)
-    denoiser.backbone.to(memory_format=torch.channels_last)
-    denoiser.precision = autocast_dtype(precision, device)
+    path = resolve_model(model)
+    denoiser = load_model(path, device=device, precision=precision)
     if verbose:
-        _say(f"model: {path}; device: {device}; precision: {denoiser.precision or torch.float32}")
+        dtype = getattr(denoiser.backbone, "precision", None) or torch.float32
+        _say(f"model: {path}; device: {device}; precision: {dtype}")
     return denoiser
 
 
 def _device(name: str) -> torch.device:
-    """``--device``: auto (CUDA when available), cpu, cuda or cuda:N.
-
-    The same rule as :func:`sda_cli.train.pick_device`, here to keep ``sda_cli.train`` (which imports
-    torchvision, a second or two) out of the commands that do not train.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    """``--device``: auto (CUDA when available), cpu, cuda or cuda:N."""
     try:
-        return torch.device(name)
-    except RuntimeError:
+        return pick_device(name)
+    except ValueError as error:
+        if "CUDA" in str(error):
+            raise UsageError(
+                "--device cuda was asked for but no CUDA device is available; use --device cpu or auto"
+            ) from None
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
 
 
@@ -206,33 +182,20 @@ class _Failures:
             raise typer.Exit(EXIT_FAILED)
 
 
-def _write(path: Path, pixels: torch.Tensor, image: LoadedImage, bits: int | None) -> None:
+def _write_result(path: Path, pixels: torch.Tensor, image: LoadedImage, bits: int | None) -> None:
     """Write one result; PNG outputs of 16-bit inputs stay 16-bit unless ``bits`` says otherwise."""
     if bits is None:
         bits = 16 if image.bit_depth == 16 and path.suffix.lower() == ".png" else 8
     write_image(path, pixels.cpu(), alpha=image.alpha, bits=None if path.suffix.lower() == ".npy" else bits)
 
 
-def command_seed(seed: int, command: str) -> int:
-    """The seed of ``command``'s random stream for the user's ``--seed``: 63 bits of SHA-256 of both.
-
-    Each command draws from its own stream, so that ``sda noise --seed 0`` then ``sda denoise --seed 0`` give
-    independent numbers: with one stream, the posterior sampler's first noise would repeat the observation's noise
-    draw for draw, and a posterior sample's error would grow (at sigma 0.2, 3.87 dB below mmse with one stream on 16
-    CIFAR-10 test images, against 2.53 dB with independent ones on 64: ``benchmarks/RESULTS.md``).
-    """
-    digest = hashlib.sha256(f"sda {command} --seed {seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def _generator(seed: int | None, device: torch.device, verbose: bool, command: str) -> torch.Generator:
-    """A generator for ``command`` seeded by ``seed`` (:func:`command_seed`), or by a freshly drawn seed that
-    ``verbose`` prints so a run can be repeated."""
-    if seed is None:
-        seed = secrets.randbits(32)
+    """``command``'s generator for ``--seed`` (:func:`sda_cli.seeds.seeded_generator`); ``verbose`` prints the seed
+    so that a run can be repeated."""
+    generator, used = seeded_generator(seed, command, device)
     if verbose:
-        _say(f"seed: {seed} (the same command with --seed {seed} repeats this run)")
-    return torch.Generator(device=device).manual_seed(command_seed(seed, command))
+        _say(f"seed: {used} (the same command with --seed {used} repeats this run)")
+    return generator
 
 
 def _batches(
@@ -454,15 +417,11 @@ def noise_command(
             try:
                 image = read_image(source, max_pixels=max_pixels)
                 noisy = image.pixels + value * torch.randn(image.pixels.shape, generator=generator)
-                _write(target, noisy, image, bits)
+                _write_result(target, noisy, image, bits)
             except ImageError as error:
                 failures.report(error)
             progress.advance(task)
     failures.exit(len(pairs))
-
-
-METHOD_STEPS = {"guided": 64, "sda": 256, "langevin": 20}
-"""Default ``--steps`` of the methods that do not use ``--sampler`` (``langevin``: steps per noise level)."""
 
 
 def _sampling(*names: str, help: str, **limits: Any) -> Any:
@@ -480,7 +439,9 @@ def denoise_command(
         str,
         typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255), or auto to estimate it."),
     ],
-    model: Annotated[Path | None, typer.Option(help="Model file (default: the shipped CIFAR-10 model).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="A shipped model's name or a model file (default: cifar10).")
+    ] = None,
     method: Annotated[
         str,
         typer.Option(
@@ -497,29 +458,39 @@ def denoise_command(
         _sampling(help="Also write the per-pixel posterior standard deviation of the draws (needs --samples >= 2)."),
     ] = None,
     sampler_name: Annotated[
-        str, _sampling("--sampler", help="Sampler of posterior and mean (ancestral: the reverse SDE).")
+        str, _sampling("--sampler", help="Sampler of posterior and mean (ancestral: the reverse SDE, the only one).")
     ] = "ancestral",
     steps: Annotated[
         int | None,
         _sampling(
             min=1,
             max=10_000,
-            help="Sampler steps (posterior, mean: 128; guided: 64; sda: 256); langevin: steps per level (20).",
+            help=f"Sampler steps (posterior, mean: {restore.default_steps('posterior')}; guided: "
+            f"{restore.default_steps('guided')}; sda: {restore.default_steps('sda')}); langevin: steps per level "
+            f"({restore.default_steps('langevin')}).",
         ),
     ] = None,
-    levels: Annotated[int, _sampling(min=1, max=1000, help="langevin: noise levels.")] = 10,
-    step_size: Annotated[float, _sampling(min=0.0, max=2.0, help="langevin: step size tau in (0, 2).")] = 1.0,
-    t_start: Annotated[
-        float,
-        _sampling(min=0.0, max=1.0, help="guided: start time in (0, 1]."),
-    ] = 0.5,
-    strength: Annotated[float, _sampling(min=0.0, max=1.0, help="guided: the lambda of lambda (y - x_t).")] = 0.1,
-    gamma: Annotated[float, _sampling(min=0.0, max=100.0, help="sda: gamma of the likelihood's variance.")] = 1e-2,
-    corrections: Annotated[int, _sampling(min=0, max=100, help="sda: Langevin corrections per step.")] = 1,
-    tau: Annotated[float, _sampling(min=0.0, max=10.0, help="sda: corrector step size.")] = 0.5,
+    levels: Annotated[
+        int | None, _sampling(min=1, max=1000, help=f"langevin: noise levels ({AnnealedLangevin.LEVELS}).")
+    ] = None,
+    step_size: Annotated[
+        float | None, _sampling(help=f"langevin: step size tau in (0, 2) ({AnnealedLangevin.STEP_SIZE}).")
+    ] = None,
+    t_start: Annotated[float | None, _sampling(help=f"guided: start time in (0, 1] ({GuidedReverse.T_START}).")] = None,
+    strength: Annotated[
+        float | None,
+        _sampling(min=0.0, max=1.0, help=f"guided: the lambda of lambda (y - x_t) ({GuidedReverse.STRENGTH})."),
+    ] = None,
+    gamma: Annotated[
+        float | None, _sampling(min=0.0, max=100.0, help=f"sda: gamma of the likelihood's variance ({SDA.GAMMA}).")
+    ] = None,
+    corrections: Annotated[
+        int | None, _sampling(min=0, max=100, help=f"sda: Langevin corrections per step ({SDA.CORRECTIONS}).")
+    ] = None,
+    tau: Annotated[float | None, _sampling(help=f"sda: corrector step size in (0, 10] ({SDA.TAU}).")] = None,
     tile: Annotated[
         int, typer.Option(min=32, max=4096, help="Larger images are denoised in overlapping tiles of this side.")
-    ] = 64,
+    ] = restore.TILE,
     clipped: Annotated[
         str,
         typer.Option(
@@ -547,11 +518,11 @@ def denoise_command(
     """
     auto = sigma.strip().lower() == "auto"
     value = None if auto else parse_sigma(sigma)
-    if method not in posterior.DENOISE_METHODS:
-        raise UsageError(f"--method must be one of {', '.join(posterior.DENOISE_METHODS)}")
-    if sampler_name not in posterior.POSTERIOR_SAMPLERS:
-        raise UsageError(f"--sampler must be one of {', '.join(posterior.POSTERIOR_SAMPLERS)} for posterior samples")
-    draws = samples or (8 if method == "mean" else 1)
+    if method not in restore.METHODS:
+        raise UsageError(f"--method must be one of {', '.join(restore.METHODS)}")
+    if sampler_name != "ancestral":
+        raise UsageError("--sampler must be ancestral for posterior samples (the others do not sample p(x | y))")
+    draws = samples or restore.DEFAULT_SAMPLES.get(method, 1)
     if method == "mmse" and (samples or 0) > 1:
         raise UsageError("--samples needs a sampling method: mmse is one estimate; use --method mean or posterior")
     if std is not None and (method == "mmse" or draws < 2):
@@ -562,98 +533,72 @@ def denoise_command(
         raise UsageError("--bits must be 8 or 16")
     if clipped not in ("auto", "on", "off"):
         raise UsageError("--clipped must be auto, on or off")
-    for name, number, low, high in (
-        ("--step-size", step_size, 0, 2),
-        ("--t-start", t_start, 0, 1),
-        ("--tau", tau, 0, 10),
-    ):
-        if not (low < number <= high and (name != "--step-size" or number < high)):
-            raise UsageError(f"{name} must lie in ({low}, {high}{')' if name == '--step-size' else ']'}, not {number}")
+    options = {
+        "levels": levels,
+        "step_size": step_size,
+        "t_start": t_start,
+        "strength": strength,
+        "gamma": gamma,
+        "corrections": corrections,
+        "tau": tau,
+    }
+    _check_method_options(method, steps, options)
     torch_device = _device(device)
     pairs = _pairs(inputs, output, force)
     std_targets = _std_targets(pairs, std, output, force)
-    options = _method_options(
-        method,
-        sampler_name,
-        steps,
-        levels=levels,
-        step_size=step_size,
-        t_start=t_start,
-        strength=strength,
-        gamma=gamma,
-        corrections=corrections,
-        tau=tau,
-    )
     denoiser = _load_model(model, torch_device, verbose, precision)
     if value is not None:
-        _check_sigma(denoiser, sigma, 2 * value)
-    channels = denoiser.backbone.config.channels
+        _check_sigma(denoiser, sigma, value)
     generator = _generator(seed, torch_device, verbose, "denoise")
     failures = _Failures()
-    per_draw = draws * (4 if method == "sda" else 1)  # sda's backward pass holds about 4x the activations
-    budget = max(1, PIXELS_PER_CALL // per_draw)
-
-    def run(y: torch.Tensor, sigma_y: float, step: float | None) -> torch.Tensor:
-        """Model-unit observations (B, C, H, W) → the estimate, with the draws' spread as extra channels.
-
-        ``step``: the quantisation step (model units) of a clipped file, whose clipped pixels are imputed first.
-        """
-        if step is not None:
-            y = impute_clipped(y, sigma_y, step=step)
-        observed, level, back = posterior.match_channels(y, sigma_y, channels, generator)
-        drawn = posterior.denoise_draws(
-            denoiser, observed, level, method, samples=draws, generator=generator, **options
-        )
-        drawn = back(drawn)
-        estimate = drawn.mean(0) if method == "mean" else drawn[0]
-        return torch.cat([estimate, drawn.std(0)], dim=1) if std is not None else estimate
+    budget = max(1, restore.PIXELS_PER_CALL // draws)
 
     with _progress(quiet or len(pairs) < 2) as progress:
         task = progress.add_task("denoise", total=len(pairs))
         for batch in _batches(pairs, max_pixels, budget, failures):
-            for group, sigma_y in _sigma_groups(batch, value, denoiser, sigma, failures, verbose):
+            group = list(_with_sigma(batch, value, denoiser, failures))
+            if group:
                 try:
-                    y = to_model(torch.stack([image.pixels for _, _, image in group])).to(torch_device)
-                    step = _clip_step(clipped, group[0][2].bit_depth)
-                    denoise = functools.partial(run, sigma_y=sigma_y, step=step)
-                    result = map_tiles(denoise, y, tile, tile // 8, batch_pixels=budget)
+                    estimate, spread = restore.denoise(
+                        denoiser,
+                        torch.stack([image.pixels for _, _, image, _ in group]),
+                        [level for *_, level in group],
+                        method=method,
+                        samples=draws,
+                        steps=steps,
+                        bit_depth=group[0][2].bit_depth,
+                        clipped=clipped,
+                        tile=tile,
+                        generator=generator,
+                        **options,
+                    )
                 except (ValueError, RuntimeError) as error:  # an RGB image on a grey model; too little memory
-                    for source, _, _ in group:
+                    for source, *_ in group:
                         failures.report(error, f"{source}: {_model_failure(error)}")
-                    continue
-                width = y.shape[1] if channels == y.shape[1] or std is None else 1
-                for (source, target, image), values in zip(group, result, strict=True):
+                    group = []
+                for index, (source, target, image, _) in enumerate(group):
                     try:
-                        _write(target, to_pixels(values[: image.pixels.shape[0]]), image, bits)
-                        if std is not None:
-                            # model units are twice pixel units, so a spread of 2 s in x is s in pixels
-                            _write(std_targets[source], values[width:] / 2, image, bits)
+                        _write_result(target, estimate[index], image, bits)
+                        if std is not None and spread is not None:
+                            _write_result(std_targets[source], spread[index], image, bits)
                     except ImageError as error:
                         failures.report(error)
             progress.advance(task, len(batch))
     failures.exit(len(pairs))
 
 
-def _clip_step(clipped: str, bit_depth: int) -> float | None:
-    """The quantisation step in model units of a file whose pixels at 0 and 1 are clipped, or None (not clipped)."""
-    integer = bit_depth in (8, 16)
-    if clipped == "off" or (clipped == "auto" and not integer):
-        return None
-    return 2 / (2**bit_depth - 1) if integer else 0.0
-
-
-def _method_options(method: str, sampler_name: str, steps: int | None, **given: float) -> dict[str, object]:
-    """The options of one denoising method (``posterior.denoise_draws``), from the command's."""
-    if method in ("posterior", "mean"):
-        return {"sampler": sampler_name, "steps": steps or DEFAULT_STEPS[sampler_name]}
-    if method == "langevin":
-        return {"levels": given["levels"], "steps": steps or METHOD_STEPS[method], "step_size": given["step_size"]}
-    if method == "guided":
-        return {"t_start": given["t_start"], "strength": given["strength"], "steps": steps or METHOD_STEPS[method]}
-    if method == "sda":
-        keys = ("gamma", "corrections", "tau")
-        return {"steps": steps or METHOD_STEPS[method], **{key: given[key] for key in keys}}
-    return {}
+def _check_method_options(method: str, steps: int | None, options: dict[str, float | None]) -> None:
+    """Refuse options that ``method`` does not take, and values outside their ranges."""
+    given = [name for name, value in options.items() if value is not None]
+    unused = [name for name in given if name not in restore.METHOD_OPTIONS[method]]
+    if unused or (steps is not None and method == "mmse"):
+        names = ", ".join("--" + name.replace("_", "-") for name in unused or ["steps"])
+        raise UsageError(f"{names}: not an option of --method {method}; see `sda denoise --help`")
+    for name, low, high, closed in (("step_size", 0, 2, False), ("t_start", 0, 1, True), ("tau", 0, 10, True)):
+        number = options[name]
+        if number is not None and not (low < number < high or (closed and number == high)):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must lie in ({low}, {high}{']' if closed else ')'}, not {number}")
 
 
 def _std_targets(pairs: list[tuple[Path, Path]], std: Path | None, output: Path, force: bool) -> dict[Path, Path]:
@@ -672,45 +617,34 @@ def _std_targets(pairs: list[tuple[Path, Path]], std: Path | None, output: Path,
     return targets
 
 
-def _sigma_groups(
-    batch: list[tuple[Path, Path, LoadedImage]],
-    value: float | None,
-    denoiser: Denoiser,
-    text: str,
-    failures: _Failures,
-    verbose: bool,
-) -> Iterator[tuple[list[tuple[Path, Path, LoadedImage]], float]]:
-    """The batch with its model-unit noise level, or, for ``--sigma auto``, each image with its own estimate."""
-    if value is not None:
-        yield batch, 2 * value
-        return
-    for item in batch:
-        source, _, image = item
+def _with_sigma(
+    batch: list[tuple[Path, Path, LoadedImage]], value: float | None, denoiser: Denoiser, failures: _Failures
+) -> Iterator[tuple[Path, Path, LoadedImage, float]]:
+    """Each image of the batch with its noise level in pixel units: ``--sigma``, or for ``auto`` its own estimate
+    (an image whose level cannot be estimated is reported and left out)."""
+    for source, target, image in batch:
+        if value is not None:
+            yield source, target, image, value
+            continue
         try:
             estimate = estimate_sigma(image.pixels)
-            _check_sigma(denoiser, f"auto (estimated {estimate:.4g})", 2 * estimate)
+            _check_sigma(denoiser, f"auto (estimated {estimate:.4g})", estimate)
         except (ValueError, UsageError) as error:
             failures.report(error, f"{source}: cannot estimate the noise level ({_one_line(str(error))}); pass --sigma")
             continue
         _say(f"{source}: estimated sigma {estimate:.4f} ({255 * estimate:.1f}/255)")
-        yield [item], 2 * estimate
+        yield source, target, image, estimate
 
 
-def _check_sigma(denoiser: Denoiser, text: str, sigma_y: float) -> None:
-    """Refuse a --sigma outside the model's range of noise levels, saying the range in pixel units."""
+def _check_sigma(denoiser: Denoiser, text: str, sigma: float) -> None:
+    """Refuse a --sigma (pixel units) outside the model's range of noise levels, saying the range."""
     try:
-        posterior.matched_time(denoiser.schedule, sigma_y)
-    except ValueError:
-        low, high = (level / 2 for level in denoiser.schedule.ratio_range())  # model units are twice pixel units
-        advice = (
-            "noise this weak is below what the model knows: use the image as it is"
-            if sigma_y / 2 < low
-            else "use a model trained on stronger noise"
+        restore.check_sigma(denoiser, sigma)
+    except ValueError as error:
+        message = (
+            str(error).replace(f"sigma {sigma:.4g}", f"--sigma {text}", 1).replace("pass a sigma", "pass a --sigma")
         )
-        raise UsageError(
-            f"--sigma {text} is outside this model's noise range [{low:.3g}, {high:.3g}] (in [0, 1] pixel units); "
-            f"pass a --sigma in that range ({advice})"
-        ) from None
+        raise UsageError(message) from None
 
 
 def _model_failure(error: Exception) -> str:
@@ -727,8 +661,10 @@ def _model_failure(error: Exception) -> str:
 def sample_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Grid image file, or a folder: one file each.")],
     n: Annotated[int, typer.Option("-n", min=1, max=100_000, help="Number of samples.")] = 16,
-    model: Annotated[Path | None, typer.Option(help="Model file (default: the shipped CIFAR-10 model).")] = None,
-    sampler_name: Annotated[str, typer.Option("--sampler", help="ancestral, ddim, heun or pc.")] = "heun",
+    model: Annotated[
+        str | None, typer.Option(help="A shipped model's name or a model file (default: cifar10).")
+    ] = None,
+    sampler_name: Annotated[str, typer.Option("--sampler", help="ancestral, ddim, heun or pc.")] = DEFAULT_SAMPLER,
     steps: Annotated[int | None, typer.Option(min=1, max=10_000, help="Sampler steps (default per sampler).")] = None,
     size: Annotated[int | None, typer.Option(min=8, max=4096, help="Image side (default: the training size).")] = None,
     seed: Seed = None,
@@ -741,33 +677,29 @@ def sample_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Sample new images by solving the reverse-time SDE or ODE from pure noise."""
-    if sampler_name not in sampler.SAMPLERS:
-        raise UsageError(f"--sampler must be one of {', '.join(sampler.SAMPLERS)}")
+    if sampler_name not in SAMPLERS:
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     is_folder = output.suffix == "" or output.is_dir()
     if not is_folder and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
         raise UsageError(f"-o {output}: name a .png (or other image) file for a grid, or a folder")
     torch_device = _device(device)
     denoiser = _load_model(model, torch_device, verbose, precision)
-    config = read_metadata(model or DEFAULT_MODEL)
-    side = size or int(config.get("image_size", 32))
-    channels = denoiser.backbone.config.channels
     step_count = steps or DEFAULT_STEPS[sampler_name]
     generator = _generator(seed, torch_device, verbose, "sample")
-    console.print(
-        f"{sampler_name}, {step_count} steps: {sampler.nfe(sampler_name, step_count)} network evaluations per sample"
-    )
-    chunks = []
+    evaluations = make_sampler(sampler_name, denoiser).nfe(step_count)
+    console.print(f"{sampler_name}, {step_count} steps: {evaluations} network evaluations per sample")
     with _progress(quiet) as progress:
         task = progress.add_task("sample", total=n)
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            x = sampler.prior_noise(
-                denoiser.schedule, (count, channels, side, side), generator=generator, device=torch_device
-            )
-            x = sampler.sample(denoiser, x, 1.0, 0.0, step_count, sampler_name, generator=generator)
-            chunks.append(to_pixels(x).clamp(0, 1).cpu())
-            progress.advance(task, count)
-    images = torch.cat(chunks)
+        images = sample(
+            denoiser,
+            n,
+            size=size,
+            sampler=sampler_name,
+            steps=step_count,
+            batch_size=batch_size,
+            generator=generator,
+            progress=lambda done: progress.update(task, completed=done),
+        ).cpu()
     if is_folder:
         width = len(str(n - 1))
         for i, image in enumerate(images):

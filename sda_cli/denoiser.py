@@ -112,13 +112,15 @@ def _expand(t: Tensor, x: Tensor) -> Tensor:
 class Denoiser(nn.Module):
     """:math:`\\hat{x}(x_t, t)` from a backbone :math:`F(z, c)` and a schedule."""
 
-    def __init__(self, backbone: nn.Module, schedule: Schedule, config: DenoiserConfig | None = None) -> None:
+    def __init__(
+        self, backbone: nn.Module, schedule: Schedule, config: DenoiserConfig | None = None, image_size: int = 32
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.schedule = schedule
         self.config = config or DenoiserConfig()
-        self.precision: torch.dtype | None = None
-        """The autocast dtype of network evaluations (:func:`autocast_dtype`); ``None``: as the caller's context."""
+        self.image_size = image_size
+        """The side of the training images: the default size of new samples."""
 
     def _coefficients(self, rho: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.config.parametrisation == "eps":
@@ -130,9 +132,10 @@ class Denoiser(nn.Module):
     def _network(self, z_in: Tensor, rho: Tensor) -> Tensor:
         c_noise = torch.log(rho.flatten()) / 4
         z_in = z_in.contiguous(memory_format=torch.channels_last)
-        if self.precision is None:
+        precision = getattr(self.backbone, "precision", None)  # the backbone's autocast dtype; None: the caller's
+        if precision is None:
             return self.backbone(z_in, c_noise).float()
-        with torch.autocast(z_in.device.type, dtype=self.precision):
+        with torch.autocast(z_in.device.type, dtype=precision):
             return self.backbone(z_in, c_noise).float()
 
     def forward(self, x_t: Tensor, t: Tensor | float) -> Tensor:
@@ -142,16 +145,6 @@ class Denoiser(nn.Module):
         z = x_t / alpha
         c_in, c_skip, c_out = self._coefficients(rho)
         return c_skip * z + c_out * self._network(c_in * z, rho)
-
-    def epsilon(self, x_t: Tensor, t: Tensor | float) -> Tensor:
-        """:math:`\\hat{\\varepsilon} = (x_t - \\alpha_t \\hat{x}) / \\sigma_t`."""
-        alpha, sigma = self.schedule.alpha_sigma(_expand(t, x_t))
-        return (x_t - alpha * self(x_t, t)) / sigma
-
-    def score(self, x_t: Tensor, t: Tensor | float) -> Tensor:
-        """:math:`\\nabla \\log p_t(x_t) = -\\hat{\\varepsilon} / \\sigma_t`."""
-        _, sigma = self.schedule.alpha_sigma(_expand(t, x_t))
-        return -self.epsilon(x_t, t) / sigma
 
     def sample_times(
         self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None

@@ -32,6 +32,9 @@ schedule) to the noiseless limit :math:`\rho = 0`, where DDIM, DDPM and Euler al
 schedule reaches :math:`\sigma_{t_1} = 0` exactly, the last step of the grid already is that noiseless
 step (Heun then uses an Euler last step, as in Karras et al.), and no extra evaluation is made.
 
+**One loop.** :class:`Sampler` owns the loop over the grid and the final step; a solver defines only its
+``step(x_t, t, s) -> x_s`` and how many evaluations a step costs (as in azula's ``sample.py``).
+
 References:
     Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
     Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021.
@@ -43,11 +46,10 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -55,18 +57,19 @@ from torch import Tensor
 from sda_cli.schedule import Schedule
 
 __all__ = [
+    "DDIM",
+    "DEFAULT_STEPS",
+    "PC",
     "SAMPLERS",
-    "STOCHASTIC",
+    "Ancestral",
     "DenoiserLike",
-    "SamplerFn",
-    "ancestral",
-    "ddim",
+    "Heun",
+    "Sampler",
+    "alpha_sigma",
     "epsilon_from_mean",
-    "heun",
-    "nfe",
-    "pc",
+    "make_sampler",
     "prior_noise",
-    "sample",
+    "randn_like",
     "score_from_mean",
     "time_grid",
 ]
@@ -80,14 +83,6 @@ class DenoiserLike(Protocol):
     def __call__(self, x_t: Tensor, t: float, /) -> Tensor: ...
 
 
-class SamplerFn(Protocol):
-    """A sampler: runs ``x`` along a decreasing time grid and returns :math:`x` at the last time."""
-
-    def __call__(
-        self, denoiser: DenoiserLike, x: Tensor, times: Tensor | Sequence[float], *, generator: torch.Generator | None
-    ) -> Tensor: ...
-
-
 def epsilon_from_mean(x_t: Tensor, x_hat: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
     r""":math:`\hat{\varepsilon} = (x_t - \alpha_t \hat{x}) / \sigma_t`."""
     return (x_t - alpha * x_hat) / sigma
@@ -98,31 +93,22 @@ def score_from_mean(x_t: Tensor, x_hat: Tensor, alpha: Tensor | float, sigma: Te
     return -epsilon_from_mean(x_t, x_hat, alpha, sigma) / sigma
 
 
-def _alpha_sigma(schedule: Schedule, t: float) -> tuple[float, float]:
-    """:math:`(\\alpha_t, \\sigma_t)` computed in float64, as Python floats."""
+def alpha_sigma(schedule: Schedule, t: float) -> tuple[float, float]:
+    r""":math:`(\alpha_t, \sigma_t)` computed in float64, as Python floats."""
     alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
     return float(alpha), float(sigma)
 
 
-def _step_coefficients(schedule: Schedule, t: float, s: float) -> tuple[float, float, float, float]:
-    r""":math:`(\alpha_t, \sigma_t, \alpha_s, \sigma_s)` of a step from ``t`` to ``s``; only ``s`` may be noiseless."""
-    alpha_t, sigma_t = _alpha_sigma(schedule, t)
-    if sigma_t <= 0:
-        raise ValueError(f"a step cannot start where sigma = 0 (t = {t}); only the last time of a grid may")
-    return alpha_t, sigma_t, *_alpha_sigma(schedule, s)
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn on the generator's device (so seeds agree across devices)."""
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def _times(times: Tensor | Sequence[float]) -> list[float]:
-    values = [float(t) for t in times]
-    if len(values) < 2 or any(s > t for t, s in pairwise(values)):
-        raise ValueError(f"a time grid needs at least two non-increasing times, got {values}")
-    return values
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def time_grid(
@@ -141,8 +127,7 @@ def time_grid(
     t_start, t_stop = float(t_start), float(t_stop)
     if not 0.0 <= t_stop < t_start <= 1.0:
         raise ValueError(f"need 0 <= t_stop < t_start <= 1, got t_start={t_start}, t_stop={t_stop}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    _positive_int("steps", steps)
     if not power > 0:
         raise ValueError(f"power must be positive, got {power}")
     ends = schedule.ratio(torch.tensor([t_start, t_stop], dtype=torch.float64))
@@ -179,20 +164,84 @@ def prior_noise(
     :math:`\alpha_1 \approx 0.0066` on the linear one, and :math:`\sigma_1 = \sigma_{\max} = 100` against data in
     :math:`[-1, 1]` on the VE one.
     """
-    _, sigma = _alpha_sigma(schedule, 1.0)
+    _, sigma = alpha_sigma(schedule, 1.0)
     noise_device = generator.device if generator is not None else device
     noise = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype)
     return sigma * noise.to(device if device is not None else noise.device)
 
 
-@torch.no_grad()
-def ancestral(
-    denoiser: DenoiserLike,
-    x: Tensor,
-    times: Tensor | Sequence[float],
-    *,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+class Sampler:
+    r"""A reverse-time sampler: the loop over a decreasing time grid, and the final Tweedie step.
+
+    A solver subclasses it and defines :meth:`step` from :math:`x_t` to :math:`x_s`, :math:`s < t`, and
+    :attr:`evaluations_per_step`. ``generator`` drives all randomness (:meth:`noise`): the same seed gives the same
+    output bit for bit.
+    """
+
+    name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = False
+    """Whether the steps draw noise: a deterministic sampler sends one start to one end."""
+    evaluations_per_step: int = 1
+
+    def __init__(self, denoiser: DenoiserLike, *, generator: torch.Generator | None = None) -> None:
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.generator = generator
+
+    def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
+        r"""One step from time ``t`` to time ``s < t``; only ``s`` may have :math:`\sigma_s = 0`."""
+        raise NotImplementedError
+
+    def noise(self, x: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``x`` from the sampler's generator."""
+        return randn_like(x, self.generator)
+
+    def coefficients(self, t: float, s: float) -> tuple[float, float, float, float]:
+        r""":math:`(\alpha_t, \sigma_t, \alpha_s, \sigma_s)` of a step from ``t`` to ``s``."""
+        alpha_t, sigma_t = alpha_sigma(self.schedule, t)
+        if sigma_t <= 0:
+            raise ValueError(f"a step cannot start where sigma = 0 (t = {t}); only the last time of a grid may")
+        return alpha_t, sigma_t, *alpha_sigma(self.schedule, s)
+
+    @torch.no_grad()
+    def run(self, x: Tensor, times: Tensor | Sequence[float]) -> Tensor:
+        """Step ``x`` along ``times`` (non-increasing, at least two) and return :math:`x` at the last time."""
+        grid = [float(t) for t in times]
+        if len(grid) < 2 or any(s > t for t, s in pairwise(grid)):
+            raise ValueError(f"a time grid needs at least two non-increasing times, got {grid}")
+        for t, s in pairwise(grid):
+            x = self.step(x, t, s)
+        return x
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        x: Tensor,
+        t_start: float,
+        t_stop: float = 0.0,
+        steps: int = 64,
+        *,
+        denoise: bool = True,
+        power: float = 7.0,
+    ) -> Tensor:
+        r"""Run from :math:`x_{t_\text{start}}` = ``x`` down to ``t_stop`` in ``steps`` steps of :func:`time_grid`.
+
+        Returns :math:`\hat{x}(x_{t_\text{stop}}, t_\text{stop})` if ``denoise`` (one more evaluation; see the
+        module docstring), else :math:`x_{t_\text{stop}}`; same shape, dtype and device as ``x``.
+        """
+        times = time_grid(self.schedule, t_start, t_stop, steps, power=power)
+        x = self.run(x, times)
+        if denoise and alpha_sigma(self.schedule, float(times[-1]))[1] > 0:
+            x = self.denoiser(x, float(times[-1]))
+        return x
+
+    def nfe(self, steps: int, *, denoise: bool = True) -> int:
+        r"""The denoiser evaluations of ``steps`` steps (and the final Tweedie step if ``denoise``), for a schedule
+        whose :math:`\sigma` stays positive, as all the shipped ones do."""
+        return _positive_int("steps", steps) * self.evaluations_per_step + int(denoise)
+
+
+class Ancestral(Sampler):
     r"""Ancestral (DDPM) sampling: draw :math:`x_s \sim q(x_s \mid x_t, x = \hat{x}(x_t, t))` at each step.
 
     For :math:`s < t` the kernel gives :math:`x_t \mid x_s \sim \mathcal{N}(\alpha_{t|s} x_s, \sigma_{t|s}^2 I)`
@@ -209,53 +258,41 @@ def ancestral(
                     + \sqrt{1 - \rho_s^2 / \rho_t^2}\; z \Big).
 
     With :math:`x = \hat{x}` this is a discretisation of the reverse-time SDE, whose transitions are those of the
-    forward process read backwards: started from a fixed :math:`x_{t_0}` it samples :math:`p(x \mid x_{t_0})`.
+    forward process read backwards: started from a fixed :math:`x_{t_0}` it samples :math:`p(x \mid x_{t_0})`, up to
+    an :math:`O(1/\text{steps})` loss of variance (the transition leaves out :math:`\operatorname{Cov}[x \mid x_t]`).
     (Ho et al., 2020, eq. 6-7; Song et al., 2021.)
     """
-    grid = _times(times)
-    schedule = denoiser.schedule
-    for t, s in pairwise(grid):
-        alpha_t, sigma_t, alpha_s, sigma_s = _step_coefficients(schedule, t, s)
-        x_hat = denoiser(x, t)
-        eps = epsilon_from_mean(x, x_hat, alpha_t, sigma_t)
+
+    name = "ancestral"
+    stochastic = True
+
+    def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
+        alpha_t, sigma_t, alpha_s, sigma_s = self.coefficients(t, s)
+        x_hat = self.denoiser(x_t, t)
+        eps = epsilon_from_mean(x_t, x_hat, alpha_t, sigma_t)
         keep = (sigma_s / alpha_s) / (sigma_t / alpha_t)  # rho_s / rho_t
-        x = alpha_s * x_hat + sigma_s * (keep * eps + math.sqrt(max(1.0 - keep**2, 0.0)) * _randn_like(x, generator))
-    return x
+        return alpha_s * x_hat + sigma_s * (keep * eps + math.sqrt(max(1.0 - keep**2, 0.0)) * self.noise(x_t))
 
 
-@torch.no_grad()
-def ddim(
-    denoiser: DenoiserLike,
-    x: Tensor,
-    times: Tensor | Sequence[float],
-    *,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+class DDIM(Sampler):
     r"""Deterministic DDIM: the first-order (Euler) step of the probability-flow ODE in :math:`(z, \rho)`.
 
     .. math:: x_s = \alpha_s \hat{x}(x_t, t) + \sigma_s \hat{\varepsilon}(x_t, t),
               \qquad\text{i.e.}\qquad z_s = z_t + (\rho_s - \rho_t) \hat{\varepsilon}.
 
-    Exact when :math:`\hat{x}` is constant along the step. ``generator`` is accepted and unused.
-    (Song, Meng & Ermon, 2021, eq. 12 with :math:`\sigma_t = 0`.)
+    Exact when :math:`\hat{x}` is constant along the step. (Song, Meng & Ermon, 2021, eq. 12 with
+    :math:`\sigma_t = 0`.)
     """
-    grid = _times(times)
-    schedule = denoiser.schedule
-    for t, s in pairwise(grid):
-        alpha_t, sigma_t, alpha_s, sigma_s = _step_coefficients(schedule, t, s)
-        x_hat = denoiser(x, t)
-        x = alpha_s * x_hat + sigma_s * epsilon_from_mean(x, x_hat, alpha_t, sigma_t)
-    return x
+
+    name = "ddim"
+
+    def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
+        alpha_t, sigma_t, alpha_s, sigma_s = self.coefficients(t, s)
+        x_hat = self.denoiser(x_t, t)
+        return alpha_s * x_hat + sigma_s * epsilon_from_mean(x_t, x_hat, alpha_t, sigma_t)
 
 
-@torch.no_grad()
-def heun(
-    denoiser: DenoiserLike,
-    x: Tensor,
-    times: Tensor | Sequence[float],
-    *,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+class Heun(Sampler):
     r"""Heun's second-order method on the probability-flow ODE :math:`\mathrm{d}z / \mathrm{d}\rho = \hat{\varepsilon}`.
 
     .. math:: \tilde{z}_s = z_t + (\rho_s - \rho_t)\, \hat{\varepsilon}(x_t, t), \qquad
@@ -264,35 +301,26 @@ def heun(
 
     with :math:`x = \alpha z`; two evaluations per step. A step that ends at :math:`\rho_s = 0`, where
     :math:`\hat{\varepsilon}` is undefined, keeps the Euler value :math:`\tilde{z}_s = \hat{x}`.
-    ``generator`` is accepted and unused. (Karras et al., 2022, Algorithm 1.)
+    (Karras et al., 2022, Algorithm 1.)
     """
-    grid = _times(times)
-    schedule = denoiser.schedule
-    for t, s in pairwise(grid):
-        alpha_t, sigma_t, alpha_s, sigma_s = _step_coefficients(schedule, t, s)
+
+    name = "heun"
+    evaluations_per_step = 2
+
+    def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
+        alpha_t, sigma_t, alpha_s, sigma_s = self.coefficients(t, s)
         rho_t, rho_s = sigma_t / alpha_t, sigma_s / alpha_s
-        z = x / alpha_t
-        slope = epsilon_from_mean(x, denoiser(x, t), alpha_t, sigma_t)
+        z = x_t / alpha_t
+        slope = epsilon_from_mean(x_t, self.denoiser(x_t, t), alpha_t, sigma_t)
         z_next = z + (rho_s - rho_t) * slope
         if sigma_s > 0:
             x_next = alpha_s * z_next
-            slope_next = epsilon_from_mean(x_next, denoiser(x_next, s), alpha_s, sigma_s)
+            slope_next = epsilon_from_mean(x_next, self.denoiser(x_next, s), alpha_s, sigma_s)
             z_next = z + (rho_s - rho_t) * 0.5 * (slope + slope_next)
-        x = alpha_s * z_next
-    return x
+        return alpha_s * z_next
 
 
-@torch.no_grad()
-def pc(
-    denoiser: DenoiserLike,
-    x: Tensor,
-    times: Tensor | Sequence[float],
-    *,
-    generator: torch.Generator | None = None,
-    corrections: int = 1,
-    tau: float = 0.1,
-    adaptive: bool = True,
-) -> Tensor:
+class PC(Sampler):
     r"""Predictor-corrector: a DDIM step to :math:`s`, then ``corrections`` Langevin steps on :math:`p_s`.
 
     .. math:: x \leftarrow x + \delta\, \nabla \log p_s(x) + \sqrt{2 \delta}\, z, \qquad z \sim \mathcal{N}(0, I),
@@ -302,7 +330,6 @@ def pc(
     Song et al. (2021, Algorithm 4):
 
     .. math:: \delta = \frac{\tau}{\operatorname{mean}_i\, (\nabla \log p_s)_i^2}
-                     = \frac{\tau D}{\lVert \nabla \log p_s \rVert^2}
                      = \frac{\tau \sigma_s^2 D}{\lVert \hat{\varepsilon} \rVert^2},
 
     or, with ``adaptive=False``, the state-independent :math:`\delta = \tau \sigma_s^2` of annealed Langevin
@@ -312,104 +339,64 @@ def pc(
     Accuracy. Unadjusted Langevin is biased by :math:`O(\tau)`: with a fixed :math:`\delta`, on a Gaussian of variance
     :math:`v` its stationary variance is :math:`v / (1 - \delta / 2v)`, at most :math:`v / (1 - \tau / 2)` here since
     :math:`v \geq \sigma_s^2`. The adaptive step depends on the state; on an isotropic Gaussian in :math:`D`
-    dimensions its stationary variance is :math:`v (1 + \tau / 2) D / (D - 2)` to leading order in :math:`1/D`, a
-    bias that does not vanish with :math:`\tau`. It is a rule for images
-    (:math:`D \geq 10^3`), not for a handful of dimensions. The corrector targets the marginal :math:`p_s`: this
-    sampler is right when :math:`x_{t_0} \sim p_{t_0}`, e.g. from noise at :math:`t_0 = 1`, but it does not sample
-    :math:`p(x \mid x_{t_0})` from a fixed :math:`x_{t_0}` (use :func:`ancestral` for that). No correction is made
-    where :math:`\sigma_s = 0`.
+    dimensions its stationary variance is :math:`v (1 + \tau / 2) D / (D - 2)` to leading order in :math:`1/D`. It
+    is a rule for images (:math:`D \geq 10^3`), not for a handful of dimensions. The corrector targets the
+    marginal :math:`p_s`: this sampler is right when :math:`x_{t_0} \sim p_{t_0}`, e.g. from noise at
+    :math:`t_0 = 1`, but it does not sample :math:`p(x \mid x_{t_0})` from a fixed :math:`x_{t_0}` (use
+    :class:`Ancestral` for that). No correction is made where :math:`\sigma_s = 0`.
     """
-    if isinstance(corrections, bool) or not isinstance(corrections, int) or corrections < 0:
-        raise ValueError(f"corrections must be a non-negative integer, got {corrections!r}")
-    if not tau > 0:
-        raise ValueError(f"tau must be positive, got {tau}")
-    grid = _times(times)
-    schedule = denoiser.schedule
-    dims = tuple(range(1, x.ndim))
-    for t, s in pairwise(grid):
-        x = ddim(denoiser, x, [t, s])
-        alpha_s, sigma_s = _alpha_sigma(schedule, s)
+
+    name = "pc"
+    stochastic = True
+
+    def __init__(
+        self,
+        denoiser: DenoiserLike,
+        *,
+        generator: torch.Generator | None = None,
+        corrections: int = 1,
+        tau: float = 0.1,
+        adaptive: bool = True,
+    ) -> None:
+        super().__init__(denoiser, generator=generator)
+        if not tau > 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.corrections = _positive_int("corrections", corrections, minimum=0)
+        self.tau, self.adaptive = float(tau), bool(adaptive)
+        self.evaluations_per_step = 1 + self.corrections
+
+    def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
+        alpha_t, sigma_t, alpha_s, sigma_s = self.coefficients(t, s)
+        x_hat = self.denoiser(x_t, t)
+        x = alpha_s * x_hat + sigma_s * epsilon_from_mean(x_t, x_hat, alpha_t, sigma_t)
         if sigma_s == 0:
-            continue
-        for _ in range(corrections):
-            score = score_from_mean(x, denoiser(x, s), alpha_s, sigma_s)
-            if adaptive:
-                delta = tau / score.square().mean(dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+            return x
+        dims = tuple(range(1, x.ndim))
+        for _ in range(self.corrections):
+            score = score_from_mean(x, self.denoiser(x, s), alpha_s, sigma_s)
+            if self.adaptive:
+                delta = self.tau / score.square().mean(dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             else:
-                delta = torch.full((), tau * sigma_s**2, dtype=x.dtype, device=x.device)
-            x = x + delta * score + torch.sqrt(2 * delta) * _randn_like(x, generator)
-    return x
+                delta = torch.full((), self.tau * sigma_s**2, dtype=x.dtype, device=x.device)
+            x = x + delta * score + torch.sqrt(2 * delta) * self.noise(x)
+        return x
 
 
-SAMPLERS: dict[str, SamplerFn] = {
-    "ancestral": ancestral,
-    "ddim": ddim,
-    "heun": heun,
-    "pc": pc,
-}
+SAMPLERS: dict[str, type[Sampler]] = {kind.name: kind for kind in (Ancestral, DDIM, Heun, PC)}
 """The samplers by name, as the command line offers them."""
 
-STOCHASTIC: frozenset[str] = frozenset({"ancestral", "pc"})
-"""The samplers that draw noise (and use the ``generator``); the others are deterministic given the start."""
+DEFAULT_STEPS: dict[str, int] = {"ancestral": 128, "ddim": 64, "heun": 32, "pc": 64}
+"""The default step count of each sampler (``sda sample --steps`` and the posterior methods use these)."""
 
 
-def _check(sampler: str, options: dict[str, object]) -> SamplerFn:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
-    function = SAMPLERS[sampler]
-    parameters = inspect.signature(function).parameters.values()
-    allowed = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY} - {"generator"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"sampler {sampler!r} takes no option {unknown}; its options are {sorted(allowed) or 'none'}")
-    return function
-
-
-def sample(
-    denoiser: DenoiserLike,
-    x: Tensor,
-    t_start: float,
-    t_stop: float = 0.0,
-    steps: int = 64,
-    sampler: str = "ddim",
-    *,
-    generator: torch.Generator | None = None,
-    denoise: bool = True,
-    power: float = 7.0,
-    **options: object,
-) -> Tensor:
-    r"""Run ``sampler`` from :math:`x_{t_\text{start}}` = ``x`` down to ``t_stop`` in ``steps`` steps.
-
-    The grid is :func:`time_grid` (``power`` sets its spacing). ``options`` go to the sampler (``corrections``,
-    ``tau`` for ``pc``). ``generator`` drives all randomness: the same seed gives the same output bit for bit.
-    Returns :math:`\hat{x}(x_{t_\text{stop}}, t_\text{stop})` if ``denoise`` (one more evaluation; see the module
-    docstring), else :math:`x_{t_\text{stop}}`; same shape, dtype and device as ``x``.
-    """
-    function = _check(sampler, options)
-    times = time_grid(denoiser.schedule, t_start, t_stop, steps, power=power)
-    with torch.no_grad():
-        x = function(denoiser, x, times, generator=generator, **options)
-        if denoise and _alpha_sigma(denoiser.schedule, float(times[-1]))[1] > 0:
-            x = denoiser(x, float(times[-1]))
-    return x
-
-
-def nfe(sampler: str, steps: int, *, denoise: bool = True, noiseless_end: bool = False, **options: object) -> int:
-    """The number of denoiser evaluations :func:`sample` makes with these arguments.
-
-    ``ancestral`` and ``ddim`` make 1 per step, ``heun`` 2, ``pc`` ``1 + corrections``; plus 1 for the final
-    Tweedie step if ``denoise``. ``noiseless_end`` says that :math:`\\sigma_{t_\\text{stop}} = 0` exactly (not the
-    case for the schedules' defaults): then the last step of ``heun`` is Euler, ``pc`` makes no correction at the
-    end, and there is no final Tweedie step; ``steps`` must then be ``len(time_grid(...)) - 1``, which can be less
-    than the steps asked for.
-    """
-    _check(sampler, options)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    default = inspect.signature(pc).parameters["corrections"].default
-    corrections = int(options.get("corrections", default))  # type: ignore[call-overload]
-    per_step = {"ancestral": 1, "ddim": 1, "heun": 2, "pc": 1 + corrections}[sampler]
-    count = per_step * steps
-    if noiseless_end:
-        return count - {"heun": 1, "pc": corrections}.get(sampler, 0)
-    return count + int(denoise)
+def make_sampler(
+    name: str, denoiser: DenoiserLike, *, generator: torch.Generator | None = None, **options: object
+) -> Sampler:
+    """The sampler called ``name`` on ``denoiser``; ``options`` are its own (``corrections``, ``tau``, ``adaptive``
+    for ``pc``)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    try:
+        return SAMPLERS[name](denoiser, generator=generator, **options)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"sampler {name!r} takes no option among {sorted(options)}") from None

@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["map_tiles", "tile_starts", "tile_weights"]
+__all__ = ["map_tiles", "map_tiles_vjp", "tile_starts", "tile_weights"]
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -141,3 +141,50 @@ def map_tiles(
             out[b, :, r0 : r0 + rows, c0 : c0 + cols] += result[k] * weight
     assert out is not None
     return out
+
+
+def map_tiles_vjp(
+    fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    cotangent: Tensor,
+    tile: int = 256,
+    overlap: int = 32,
+    *,
+    batch_pixels: int = 1 << 18,
+) -> Tensor:
+    r"""The vector-Jacobian product :math:`J^\top v` of :func:`map_tiles` (``fn``, ``image``) with :math:`v` =
+    ``cotangent`` (shaped like its output), tile by tile, so that only one batch of tiles holds activations.
+
+    With :math:`f_\text{tiled}(x) = \sum_k P_k^\top (w_k \odot f(P_k x))` (:math:`P_k` the crop of tile :math:`k`),
+    :math:`J^\top v = \sum_k P_k^\top J_f(P_k x)^\top (w_k \odot P_k v)`: each tile is evaluated again with autograd
+    and its input gradient added in place. An image no larger than one tile is one call.
+    """
+    batch, _, height, width = image.shape
+    if height <= tile and width <= tile:
+        with torch.enable_grad():
+            x = image.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(fn(x), x, cotangent)
+        return gradient
+    rows, cols = min(tile, height), min(tile, width)
+    row_starts, col_starts = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    row_weights, col_weights = tile_weights(height, tile, overlap), tile_weights(width, tile, overlap)
+    places = [(b, i, j) for b in range(batch) for i in range(len(row_starts)) for j in range(len(col_starts))]
+    per_call = max(1, batch_pixels // (rows * cols))
+    gradient = torch.zeros_like(image)
+    for first in range(0, len(places), per_call):
+        group = places[first : first + per_call]
+        crops = [(b, row_starts[i], col_starts[j], i, j) for b, i, j in group]
+        tiles = torch.stack([image[b, :, r : r + rows, c : c + cols] for b, r, c, _, _ in crops])
+        weighted = torch.stack(
+            [
+                cotangent[b, :, r : r + rows, c : c + cols]
+                * (row_weights[i].to(cotangent)[:, None] * col_weights[j].to(cotangent)[None, :])
+                for b, r, c, i, j in crops
+            ]
+        )
+        with torch.enable_grad():
+            x = tiles.detach().requires_grad_(True)
+            (tile_gradient,) = torch.autograd.grad(fn(x), x, weighted)
+        for k, (b, r, c, _, _) in enumerate(crops):
+            gradient[b, :, r : r + rows, c : c + cols] += tile_gradient[k]
+    return gradient

@@ -44,6 +44,7 @@ from sda_cli.checkpoint import (
 )
 from sda_cli.data import Dataset
 from sda_cli.denoiser import Denoiser, autocast_dtype
+from sda_cli.models import pick_device
 
 __all__ = ["StepReport", "TrainConfig", "TrainingError", "pick_device", "state_path_for", "train"]
 
@@ -78,17 +79,6 @@ class StepReport:
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the last good checkpoint is kept."""
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def state_path_for(model_path: Path) -> Path:

@@ -155,9 +155,11 @@ def _level(widths_in: list[int], width: int, embedding: int, attention: bool, cf
 class UNet(nn.Module):
     """A diffusion U-Net :math:`F_\\theta(z, c)` configured by :class:`UNetConfig`."""
 
-    def __init__(self, config: UNetConfig) -> None:
+    def __init__(self, config: UNetConfig, *, precision: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = config
+        self.precision = precision
+        """The autocast dtype of inference (``sda_cli.denoiser.autocast_dtype``); ``None``: the caller's context."""
         widths, n = list(config.widths), config.blocks
         embedding = 4 * widths[0]
         self.embed = NoiseEmbedding(widths[0], embedding)

@@ -25,13 +25,12 @@ from scipy.stats import norm
 from torch import Tensor
 
 from sda_cli.sampler import (
+    DEFAULT_STEPS,
+    PC,
     SAMPLERS,
-    STOCHASTIC,
     epsilon_from_mean,
-    nfe,
-    pc,
+    make_sampler,
     prior_noise,
-    sample,
     score_from_mean,
     time_grid,
 )
@@ -65,6 +64,27 @@ def mixture(schedule: Schedule) -> MixtureDenoiser:
 def images(x: Tensor) -> Tensor:
     """Vectors ``(B, D)`` as images ``(B, D, 1, 1)``."""
     return x.reshape(x.shape[0], -1, 1, 1)
+
+
+def sample(
+    denoiser: object,
+    x: Tensor,
+    t_start: float,
+    t_stop: float = 0.0,
+    steps: int = 64,
+    sampler: str = "ddim",
+    *,
+    generator: torch.Generator | None = None,
+    denoise: bool = True,
+    **options: object,
+) -> Tensor:
+    """The sampler called ``sampler`` run from ``t_start`` to ``t_stop``, as the command line runs it."""
+    solver = make_sampler(sampler, denoiser, generator=generator, **options)  # type: ignore[arg-type]
+    return solver(x, t_start, t_stop, steps, denoise=denoise)
+
+
+def nfe(sampler: str, steps: int, *, denoise: bool = True, **options: object) -> int:
+    return make_sampler(sampler, gaussian(CosineSchedule()), **options).nfe(steps, denoise=denoise)
 
 
 def alpha_of(schedule: Schedule, t: float) -> float:
@@ -261,7 +281,7 @@ def test_langevin_corrector_with_fixed_step_has_the_predicted_law() -> None:
     delta = tau * sigma**2
     generator = torch.Generator().manual_seed(13)
     start = mean + 1.5 * (oracle.sample_marginal(N, t, generator) - mean)  # over-dispersed: covariance 2.25 C
-    x = pc(oracle, images(start), [t, t], generator=generator, corrections=corrections, tau=tau, adaptive=False)
+    x = PC(oracle, generator=generator, corrections=corrections, tau=tau, adaptive=False).run(images(start), [t, t])
     step = torch.eye(DIM, dtype=F64) - delta * torch.linalg.inv(cov)
     expected = 2.25 * cov
     for _ in range(corrections):
@@ -278,7 +298,7 @@ def test_langevin_corrector_adaptive_step_fixed_point() -> None:
     oracle = GaussianDenoiser(torch.zeros(dim), 0.3 * torch.eye(dim, dtype=F64), CosineSchedule())
     mean, cov = oracle.marginal(t)
     generator = torch.Generator().manual_seed(14)
-    x = pc(oracle, oracle.sample_marginal(n, t, generator), [t, t], generator=generator, corrections=30, tau=tau)
+    x = PC(oracle, generator=generator, corrections=30, tau=tau).run(oracle.sample_marginal(n, t, generator), [t, t])
     ratio = float((x - mean).square().mean() / cov[0, 0])
     expected = (1 + tau / 2) * dim / (dim - 2)
     assert abs(ratio - expected) <= norm.isf(LEVEL / 2) * math.sqrt(2 / (n * dim)) + 1 / dim, (ratio, expected)
@@ -288,15 +308,35 @@ def test_langevin_corrector_adaptive_step_fixed_point() -> None:
 # Randomness, counting, edge cases
 
 
+def test_pc_default_from_noise_on_image_like_data() -> None:
+    """``sda sample --sampler pc`` at its defaults (64 steps, adaptive corrector, tau 0.1), from noise, on a
+    512-dimensional Gaussian with an image-like spectrum (four decades): the samples' variance along the prior's
+    eigen-directions, in units of the prior's, averages within [0.95, 1.05] and within [0.85, 1.15] over the weaker
+    and the stronger half (the adaptive step's bias, about 1 + tau / 2 in the weak directions)."""
+    generator = torch.Generator().manual_seed(42)
+    dim, n = 512, 64
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=F64))
+    oracle = GaussianDenoiser(torch.zeros(dim), (q * torch.logspace(-4, 0, dim, dtype=F64)) @ q.T, CosineSchedule())
+    x_1 = prior_noise(oracle.schedule, (n, 1, dim, 1), generator=generator, dtype=F64)
+    x = sample(oracle, x_1, 1.0, 0.0, DEFAULT_STEPS["pc"], "pc", generator=generator).flatten(1)
+    whitened = ((x @ oracle.eigenvectors).square() / oracle.eigenvalues).mean(0)
+    weak, strong = float(whitened[: dim // 2].mean()), float(whitened[dim // 2 :].mean())
+    assert 0.95 <= float(whitened.mean()) <= 1.05 and 0.85 <= min(weak, strong) and max(weak, strong) <= 1.15, (
+        float(whitened.mean()),
+        weak,
+        strong,
+    )
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_same_seed_same_output(name: str) -> None:
     oracle = gaussian(CosineSchedule())
     x_1 = prior_noise(oracle.schedule, (32, DIM, 1, 1), generator=torch.Generator().manual_seed(5), dtype=F64)
     runs = [sample(oracle, x_1, 1.0, 0.0, 8, name, generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1])
-    assert torch.equal(runs[0], runs[2]) == (name not in STOCHASTIC)
+    assert torch.equal(runs[0], runs[2]) == (not SAMPLERS[name].stochastic)
     # unseeded deterministic samplers are reproducible too
-    if name not in STOCHASTIC:
+    if not SAMPLERS[name].stochastic:
         assert torch.equal(sample(oracle, x_1, 1.0, 0.0, 8, name), runs[0])
 
 
@@ -337,7 +377,9 @@ def test_noiseless_end_uses_no_evaluation_at_sigma_zero(name: str) -> None:
     x = sample(oracle, x_t, 0.6, 0.0, steps // 2, name, generator=generator, **options)
     grid = time_grid(schedule, 0.6, 0.0, steps // 2)
     assert float(schedule.alpha_sigma(grid[-2])[1]) > 0
-    assert oracle.calls == nfe(name, len(grid) - 1, noiseless_end=True, **options)
+    # the last step lands on sigma = 0: Heun's is Euler (one evaluation), pc makes no correction, no Tweedie step
+    per_step = make_sampler(name, oracle, **options).evaluations_per_step
+    assert oracle.calls == per_step * (len(grid) - 1) - (per_step - 1)
     assert bool(torch.isfinite(x).all())
     assert_gaussian(x.flatten(1), oracle.denoiser.mean, oracle.denoiser.cov, LEVEL, what=f"{name}, sigma_0 = 0")
 
@@ -370,7 +412,7 @@ def test_sample_rejects_unknown_sampler_and_options() -> None:
     with pytest.raises(ValueError, match="no option"):
         sample(oracle, x, 1.0, sampler="ddim", tau=0.5)
     with pytest.raises(ValueError, match="no option"):
-        nfe("heun", 10, corrections=2)
+        make_sampler("heun", oracle, corrections=2)
     with pytest.raises(ValueError, match="corrections"):
         sample(oracle, x, 1.0, sampler="pc", corrections=-1)
     with pytest.raises(ValueError, match="steps"):

@@ -1,0 +1,56 @@
+"""Sampling new images from the prior: what ``sda sample`` and ``sda_cli.sample`` call.
+
+Pure noise at :math:`t = 1` (:func:`sda_cli.sampler.prior_noise`), then a reverse-time sampler down to 0 and the
+final Tweedie step, in batches; the result in [0, 1] pixel units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from sda_cli.denoiser import Denoiser
+from sda_cli.sampler import DEFAULT_STEPS, make_sampler, prior_noise
+from sda_cli.seeds import seeded_generator
+
+__all__ = ["DEFAULT_SAMPLER", "sample"]
+
+DEFAULT_SAMPLER = "heun"
+
+
+def sample(
+    model: Denoiser,
+    n: int,
+    *,
+    size: int | None = None,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
+    batch_size: int = 64,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """``n`` new images ``(n, C, size, size)`` in [0, 1] (clamped), ``size`` defaulting to the training size.
+
+    ``seed`` is that of ``sda sample --seed`` (the same numbers as the command line), or pass ``generator``;
+    ``progress`` is called with the number of images done after each batch.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    device = next(model.parameters()).device
+    if generator is None:
+        generator, _ = seeded_generator(seed, "sample", device)
+    side = size or model.image_size
+    channels = model.backbone.config.channels
+    solver = make_sampler(sampler, model, generator=generator)
+    count = steps or DEFAULT_STEPS[sampler]
+    chunks = []
+    for start in range(0, n, batch_size):
+        shape = (min(batch_size, n - start), channels, side, side)
+        x = prior_noise(model.schedule, shape, generator=generator, device=device)
+        chunks.append(((solver(x, 1.0, 0.0, count) + 1) / 2).clamp(0, 1))
+        if progress is not None:
+            progress(start + shape[0])
+    return torch.cat(chunks)

@@ -1,0 +1,152 @@
+r"""Score-based data assimilation: predictor-corrector sampling on an approximate posterior score.
+
+For :math:`y = A(x) + \sigma_y n` with any differentiable operator :math:`A`, SDA (Rozet & Louppe, 2023, eq. 12-13)
+approximates the likelihood of the noisy state by
+
+.. math:: \log p(y \mid x_t) \approx -\frac{\lVert y - A(\hat{x}(x_t, t)) \rVert^2}
+                                           {2 (\sigma_y^2 + \gamma \sigma_t^2 / \alpha_t^2)}, \qquad
+          \nabla_{x_t} \log p(y \mid x_t) \approx
+          \frac{J^\top J_A^\top (y - A(\hat{x}))}{\sigma_y^2 + \gamma \sigma_t^2 / \alpha_t^2},
+
+with :math:`J = \partial \hat{x} / \partial x_t` (a vector-Jacobian product by autograd). It replaces the exact
+Gaussian :math:`p(y \mid x_t) \approx \mathcal{N}(y; A \hat{x}, \sigma_y^2 I + A \operatorname{Cov}[x \mid x_t]
+A^\top)` by :math:`\operatorname{Cov}[x \mid x_t] \approx \gamma \rho_t^2 I`, :math:`\rho_t = \sigma_t / \alpha_t`:
+exact when the data are Gaussian with :math:`\operatorname{Cov}[x \mid x_t] = \gamma \rho_t^2 I`, and as
+:math:`\rho_t \to 0` with :math:`\gamma = 1`. The posterior score :math:`\nabla \log p_t + \nabla \log p(y \mid x_t)`
+is that of the denoiser :math:`\hat{x} + (\sigma_t^2 / \alpha_t) g`, :math:`g` the likelihood score, on which the
+predictor-corrector sampler (:class:`sda_cli.sampler.PC`) runs from pure noise.
+
+References:
+    Rozet & Louppe, "Score-based Data Assimilation", NeurIPS 2023.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from sda_cli.sampler import PC, DenoiserLike, alpha_sigma, prior_noise
+
+__all__ = ["SDA", "mean_and_vjp", "sda_likelihood_score"]
+
+Operator = Callable[[Tensor], Tensor]
+
+
+def _same(x: Tensor) -> Tensor:
+    """The identity operator: denoising."""
+    return x
+
+
+def mean_and_vjp(
+    denoiser: DenoiserLike, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    r""":math:`\hat{x}(x_t, t)` and :math:`J^\top v` with :math:`v` = ``cotangent(x_hat)``, :math:`J = \partial
+    \hat{x} / \partial x_t`: one forward and one backward pass. A denoiser that evaluates its network in tiles
+    (``sda_cli.restore.TiledDenoiser``) provides its own ``mean_and_vjp``, which keeps memory bounded."""
+    own = getattr(denoiser, "mean_and_vjp", None)
+    if own is not None:
+        return own(x_t, t, cotangent)
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        x_hat = denoiser(x, t)
+        (gradient,) = torch.autograd.grad(x_hat, x, cotangent(x_hat.detach()))
+    return x_hat.detach(), gradient
+
+
+def _likelihood_terms(
+    denoiser: DenoiserLike, x_t: Tensor, t: float, y: Tensor, sigma_y: float, gamma: float, operator: Operator
+) -> tuple[Tensor, Tensor]:
+    alpha, sigma = alpha_sigma(denoiser.schedule, t)
+    variance = sigma_y**2 + gamma * (sigma / alpha) ** 2
+
+    def cotangent(x_hat: Tensor) -> Tensor:
+        """:math:`\\partial \\log p / \\partial \\hat{x} = J_A^\\top (y - A(\\hat{x})) / v`, by autograd through A."""
+        with torch.enable_grad():
+            x = x_hat.detach().requires_grad_(True)
+            log_p = -(y - operator(x)).square().sum() / (2 * variance)
+            (gradient,) = torch.autograd.grad(log_p, x)
+        return gradient
+
+    return mean_and_vjp(denoiser, x_t, t, cotangent)
+
+
+def sda_likelihood_score(
+    denoiser: DenoiserLike,
+    x_t: Tensor,
+    t: float,
+    y: Tensor,
+    sigma_y: float,
+    *,
+    gamma: float = 1e-2,
+    operator: Operator | None = None,
+) -> Tensor:
+    r"""The approximate likelihood score :math:`\nabla_{x_t} \log p(y \mid x_t)` of SDA (module docstring).
+
+    The sum runs over the whole batch, each image's gradient depending on its own terms only.
+    """
+    return _likelihood_terms(denoiser, x_t, t, y, float(sigma_y), float(gamma), operator or _same)[1]
+
+
+class SDA:
+    r"""Draws of the SDA posterior for :math:`y = A(x) + \sigma_y n`; also the posterior denoiser itself.
+
+    Predictor-corrector sampling (a DDIM step, then ``corrections`` Langevin steps with
+    :math:`\delta = \tau D / \lVert s \rVert^2`, or :math:`\tau \sigma_t^2` if not ``adaptive``) from pure noise at
+    :math:`t = 1` down to 0 in ``steps`` steps, on the score of :meth:`__call__`. ``operator`` maps images
+    ``(N, *shape)`` to observations shaped like ``y``'s rows (default: the identity, ``shape = y.shape[1:]``).
+    The defaults follow the paper's code (256 steps, 1 correction, :math:`\gamma = 10^{-2}`) but for
+    :math:`\tau = 0.2` instead of 0.5, on :func:`~sda_cli.sampler.time_grid`'s grid: on a 1024-dimensional Gaussian
+    whose spectrum spans four decades, :math:`\tau = 0.5` inflated the posterior variance of the weakest directions
+    by 66% (whitened variance 1.32 on average), :math:`\tau = 0.1` shrank the strongest by 12% (draw error 1.86
+    times the MMSE, 2 for exact draws), and :math:`\tau = 0.2` gave 1.92 and 1.08 (``tests/test_guidance_methods.py``
+    checks the defaults against the exact posterior).
+    """
+
+    STEPS, CORRECTIONS, TAU, GAMMA = 256, 1, 0.2, 1e-2
+
+    def __init__(
+        self,
+        denoiser: DenoiserLike,
+        y: Tensor,
+        sigma_y: float,
+        *,
+        operator: Operator | None = None,
+        shape: Sequence[int] | None = None,
+        steps: int = STEPS,
+        corrections: int = CORRECTIONS,
+        tau: float = TAU,
+        gamma: float = GAMMA,
+        adaptive: bool = True,
+        power: float = 7.0,
+    ) -> None:
+        if not float(sigma_y) > 0:
+            raise ValueError(f"sigma_y must be positive, got {sigma_y}")
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be non-negative, got {gamma}")
+        self.denoiser, self.y, self.sigma_y, self.gamma = denoiser, y, float(sigma_y), float(gamma)
+        self.schedule = denoiser.schedule
+        self.operator = operator or _same
+        self.shape = tuple(y.shape[1:]) if shape is None else tuple(shape)
+        self.steps, self.power = steps, power
+        self.options = {"corrections": corrections, "tau": tau, "adaptive": adaptive}
+
+    def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
+        r"""The posterior denoiser :math:`\hat{x} + (\sigma_t^2 / \alpha_t) g`, since
+        :math:`\nabla \log p_t = (\alpha_t \hat{x} - x_t) / \sigma_t^2`."""
+        x_hat, score = _likelihood_terms(self.denoiser, x_t, t, self.y, self.sigma_y, self.gamma, self.operator)
+        alpha, sigma = alpha_sigma(self.schedule, t)
+        return x_hat + (sigma**2 / alpha) * score
+
+    def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
+        """One draw per observation, shaped ``(B, *shape)``."""
+        x = prior_noise(
+            self.schedule, (self.y.shape[0], *self.shape), generator=generator, device=self.y.device, dtype=self.y.dtype
+        )
+        return PC(self, generator=generator, **self.options)(x, 1.0, 0.0, self.steps, power=self.power)  # type: ignore[arg-type]
+
+    @property
+    def nfe(self) -> int:
+        """Evaluations of the posterior denoiser, each one forward and one backward pass."""
+        return self.steps * (1 + int(self.options["corrections"])) + 1

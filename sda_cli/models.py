@@ -1,0 +1,62 @@
+"""The shipped models by name, and loading a model for inference: what ``--model`` and ``sda_cli.load_model`` take.
+
+A model is a safetensors file whose metadata holds the JSON config that rebuilds it (:mod:`sda_cli.checkpoint`).
+The shipped ones live in ``checkpoints/`` and are named by their file's stem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sda_cli.checkpoint import CheckpointError
+from sda_cli.checkpoint import load_model as load_checkpoint
+from sda_cli.denoiser import Denoiser, autocast_dtype
+
+__all__ = ["CHECKPOINTS", "SHIPPED", "load_model", "pick_device", "resolve_model"]
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED: dict[str, str] = {"cifar10": "CIFAR-10 32×32 thumbnails: the default of sda denoise and sda sample"}
+"""The shipped models: name → what it was trained on and what it is for."""
+
+
+def resolve_model(model: str | Path | None, default: str = "cifar10") -> Path:
+    """The file of ``model``: a shipped name, a path, or ``None`` for ``default``."""
+    name = default if model is None else str(model)
+    if name in SHIPPED:
+        path = CHECKPOINTS / f"{name}.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"the shipped model {name!r} is missing ({path}); reinstall sda or pass --model FILE")
+        return path
+    path = Path(name)
+    if not path.is_file():
+        names = ", ".join(SHIPPED)
+        raise CheckpointError(f"no model at {path}; pass a shipped model ({names}) or a .safetensors file")
+    return path
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA device is available; use cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def load_model(
+    model: str | Path | None = None, *, device: str | torch.device = "auto", precision: str = "auto"
+) -> Denoiser:
+    """A model ready for inference: a shipped name (``cifar10``) or a path, on ``device``, its network run at
+    ``precision`` (``auto``: bf16 where the hardware computes it natively, float32 elsewhere; ``bf16``, ``fp16``,
+    ``fp32``)."""
+    torch_device = pick_device(device)
+    denoiser, _ = load_checkpoint(resolve_model(model), torch_device, autocast_dtype(precision, torch_device))
+    return denoiser

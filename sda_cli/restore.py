@@ -1,0 +1,297 @@
+r"""The denoising pipeline in pixel units: what ``sda denoise`` and the Python API call.
+
+From noisy pixels :math:`p_y \in [0, 1]` (files hold :math:`p = (x + 1) / 2`) and the noise level ``sigma`` in pixel
+units to the estimate and the per-pixel standard deviation of the draws, in pixel units:
+
+1. units: :math:`y = 2 p_y - 1` and :math:`\sigma_y = 2\,\sigma` (model units are twice pixel units);
+2. clipping: 8- and 16-bit files hold :math:`\operatorname{clip}(x + \sigma n)`; their pixels at 0 and 1 are
+   replaced by their expected unclipped values first (:func:`sda_cli.clipping.impute_clipped`);
+3. channels: a grey image on an RGB model is made an RGB observation with white noise (:func:`match_channels`);
+4. the method (:data:`METHODS`): ``mmse``, the posterior mean in one evaluation, or :math:`K` draws of a posterior
+   method of :mod:`sda_cli.guidance` (``mean`` averages them), with each method's own defaults;
+5. tiling and memory: the sampler's state is the whole image, one noise field, so that draws have no seams; only
+   the network evaluation inside each step is split, into tiles of large images and into chunks of many small ones,
+   at most :data:`PIXELS_PER_CALL` pixels per call (:class:`TiledDenoiser`);
+6. per-image noise levels (``--sigma auto``): images are grouped by level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from sda_cli.clipping import impute_clipped
+from sda_cli.denoiser import Denoiser
+from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse, MatchedPosterior, matched_time
+from sda_cli.sampler import DenoiserLike
+from sda_cli.seeds import seeded_generator
+from sda_cli.tiles import map_tiles, map_tiles_vjp
+
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "METHODS",
+    "PIXELS_PER_CALL",
+    "TiledDenoiser",
+    "check_sigma",
+    "default_steps",
+    "denoise",
+    "match_channels",
+]
+
+METHODS: tuple[str, ...] = ("mmse", "posterior", "mean", "sda", "langevin", "guided")
+"""``mmse``: the posterior mean; ``posterior``: draws of the exact posterior (:class:`MatchedPosterior`); ``mean``:
+their average; ``sda``: :class:`SDA`; ``langevin`` and ``guided``: the baselines."""
+
+DEFAULT_SAMPLES = {"mean": 8}
+"""Draws per image when ``samples`` is not given (1 for the other methods)."""
+
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mmse": (),
+    "posterior": ("steps",),
+    "mean": ("steps",),
+    "sda": ("steps", "gamma", "corrections", "tau"),
+    "langevin": ("levels", "steps", "step_size"),
+    "guided": ("t_start", "strength", "steps"),
+}
+"""The options each method takes (``steps`` of ``langevin``: per level)."""
+
+PIXELS_PER_CALL = 1 << 16
+"""Pixels (N·h·w) per network call: 64 CIFAR images or 16 tiles of 64². Chosen over 2¹⁷ by measurement
+(``benchmarks/RESULTS.md``)."""
+
+BACKWARD_FACTOR = 4
+"""``sda``'s backward pass holds about 4× the activations of a forward pass: its calls take 1/4 of the pixels."""
+
+TILE = 64
+"""Default tile side: images larger than this are evaluated in overlapping tiles."""
+
+
+def default_steps(method: str) -> int | None:
+    """The step count ``method`` uses when none is given (``langevin``: per level); ``None`` for ``mmse``."""
+    kinds = {"posterior": MatchedPosterior, "mean": MatchedPosterior, "sda": SDA}
+    kinds |= {"langevin": AnnealedLangevin, "guided": GuidedReverse}
+    return kinds[method].STEPS if method in kinds else None
+
+
+class TiledDenoiser:
+    r"""A denoiser whose network runs on at most ``batch_pixels`` pixels per call.
+
+    Images larger than ``tile`` are evaluated in overlapping tiles blended by a raised-cosine crossfade
+    (:func:`sda_cli.tiles.map_tiles`); batches of small images in chunks. The caller's state stays whole, so a
+    sampler draws one noise field per image and its draws have no seams: only :math:`\hat{x}` is stitched.
+    """
+
+    def __init__(self, denoiser: DenoiserLike, tile: int, overlap: int, batch_pixels: int) -> None:
+        self.denoiser, self.tile, self.overlap, self.batch_pixels = denoiser, tile, overlap, batch_pixels
+        self.schedule = denoiser.schedule
+
+    def _chunks(self, x: Tensor) -> list[slice]:
+        per_call = max(1, self.batch_pixels // (x.shape[-2] * x.shape[-1]))
+        return [slice(i, i + per_call) for i in range(0, x.shape[0], per_call)]
+
+    def _small(self, x: Tensor) -> bool:
+        return x.shape[-2] <= self.tile and x.shape[-1] <= self.tile
+
+    def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
+        def network(z: Tensor) -> Tensor:
+            return self.denoiser(z, t)
+
+        with torch.no_grad():
+            if self._small(x_t):
+                return torch.cat([network(x_t[part]) for part in self._chunks(x_t)])
+            return map_tiles(network, x_t, self.tile, self.overlap, batch_pixels=self.batch_pixels)
+
+    def mean_and_vjp(self, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        r""":math:`\hat{x}` and :math:`J^\top v`, :math:`v` = ``cotangent(x_hat)``: in one pass when it fits one
+        call, else a pass for :math:`\hat{x}` and a second, tile by tile, for the product (memory stays bounded)."""
+
+        def network(z: Tensor) -> Tensor:
+            return self.denoiser(z, t)
+
+        if self._small(x_t) and len(self._chunks(x_t)) == 1:
+            with torch.enable_grad():
+                x = x_t.detach().requires_grad_(True)
+                x_hat = network(x)
+                (gradient,) = torch.autograd.grad(x_hat, x, cotangent(x_hat.detach()))
+            return x_hat.detach(), gradient
+        x_hat = self(x_t, t)
+        v = cotangent(x_hat)
+        if self._small(x_t):
+            parts = [map_tiles_vjp(network, x_t[part], v[part], self.tile) for part in self._chunks(x_t)]
+            return x_hat, torch.cat(parts)
+        return x_hat, map_tiles_vjp(network, x_t, v, self.tile, self.overlap, batch_pixels=self.batch_pixels)
+
+
+def match_channels(
+    y: Tensor, sigma_y: float, channels: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, float, Callable[[Tensor], Tensor]]:
+    r"""Fit an observation's channels to the model's: returns :math:`y`, its noise level, and the way back.
+
+    A grey image on an RGB model: with :math:`u = (1, 1, 1) / \sqrt{3}`, the grey observation
+    :math:`y = x + \sigma n` repeated in three channels is :math:`x \mathbf{1} + \sqrt{3} \sigma n u`: white noise of
+    level :math:`\sqrt{3} \sigma` along :math:`u` and none across it. Adding independent noise of level
+    :math:`\sqrt{3} \sigma` across :math:`u` makes the noise white in RGB, so the exact matched-time identity holds
+    with :math:`\sigma' = \sqrt{3} \sigma`; the way back averages the channels (axis ``-3``) to grey.
+    """
+    if y.shape[1] == channels:
+        return y, sigma_y, lambda x: x
+    if y.shape[1] == 1 and channels == 3:
+        level = math.sqrt(3) * sigma_y
+        rgb = y.expand(-1, 3, -1, -1)
+        device = generator.device if generator is not None else y.device
+        extra = level * torch.randn(rgb.shape, generator=generator, device=device).to(y)
+        extra = extra - extra.mean(dim=1, keepdim=True)  # the part across u
+        return rgb + extra, level, lambda x: x.mean(dim=-3, keepdim=True)
+    raise ValueError(
+        "the image is RGB but the model is grey (1 channel); convert the image to grey, or pass an RGB model "
+        "with --model"
+    )
+
+
+def check_sigma(model: Denoiser, sigma: float) -> None:
+    """Refuse a pixel-unit noise level outside the model's range, saying the range in pixel units."""
+    try:
+        matched_time(model.schedule, 2 * sigma)
+    except ValueError:
+        low, high = (level / 2 for level in model.schedule.ratio_range())  # model units are twice pixel units
+        advice = (
+            "noise this weak is below what the model knows: use the image as it is"
+            if sigma < low
+            else "use a model trained on stronger noise"
+        )
+        raise ValueError(
+            f"sigma {sigma:.4g} is outside this model's noise range [{low:.3g}, {high:.3g}] (in [0, 1] pixel units); "
+            f"pass a sigma in that range ({advice})"
+        ) from None
+
+
+def _method(
+    method: str, denoiser: DenoiserLike, y: Tensor, sigma_y: float, steps: int | None, options: dict[str, float]
+) -> MatchedPosterior | SDA | AnnealedLangevin | GuidedReverse:
+    """The posterior method's object for one batch of observations, with its own defaults for what is not given."""
+    given = {"steps": steps} if steps is not None else {}
+    given |= {name: value for name, value in options.items() if value is not None}
+    if method in ("posterior", "mean"):
+        return MatchedPosterior(denoiser, y, sigma_y, **given)  # type: ignore[arg-type]
+    kind = {"sda": SDA, "langevin": AnnealedLangevin, "guided": GuidedReverse}[method]
+    return kind(denoiser, y, sigma_y, **given)  # type: ignore[arg-type]
+
+
+def _draws(
+    model: Denoiser,
+    y: Tensor,
+    sigma_y: float,
+    method: str,
+    samples: int,
+    steps: int | None,
+    options: dict[str, float],
+    generator: torch.Generator,
+    tile: int,
+) -> Tensor:
+    """``(K, B, C, H, W)`` draws (``mmse``: its one estimate) of a batch of observations in model units."""
+    per_call = PIXELS_PER_CALL // (BACKWARD_FACTOR if method == "sda" else 1)
+    denoiser = TiledDenoiser(model, tile, tile // 8, per_call)
+    if method == "mmse":
+        return MatchedPosterior(denoiser, y, sigma_y).mean().unsqueeze(0)
+    repeated = y.unsqueeze(0).expand(samples, *y.shape).reshape(samples * y.shape[0], *y.shape[1:])
+    drawn = _method(method, denoiser, repeated, sigma_y, steps, options).sample(generator=generator)
+    return drawn.reshape(samples, *y.shape)
+
+
+def denoise(
+    model: Denoiser,
+    pixels: Tensor,
+    sigma: float | Sequence[float],
+    *,
+    method: str = "mmse",
+    samples: int | None = None,
+    steps: int | None = None,
+    bit_depth: int | None = None,
+    clipped: str = "auto",
+    tile: int = TILE,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    **options: float,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Denoise images with white Gaussian noise of level ``sigma``: the estimate and the draws' standard deviation.
+
+    Args:
+        model: a denoiser (:func:`sda_cli.load_model`).
+        pixels: noisy images ``(B, C, H, W)`` or one ``(C, H, W)``, in [0, 1] pixel units (float files may hold
+            values outside).
+        sigma: the noise standard deviation in pixel units, one for all or one per image.
+        method: one of :data:`METHODS`.
+        samples: draws per image :math:`K` of a sampling method (default 1, ``mean``: 8).
+        steps: the method's steps (default: the method's own; ``langevin``: per level).
+        bit_depth: 8 or 16 when the pixels come from an integer file (clipped to [0, 1] and quantised), ``None`` for
+            float data.
+        clipped: ``auto`` (impute clipped pixels of integer files), ``on`` (of any input) or ``off``.
+        tile: images larger than this are evaluated in overlapping tiles.
+        seed: the seed of ``sda denoise --seed`` (same numbers as the command line); or pass ``generator``.
+        options: the method's own options (:data:`METHOD_OPTIONS`): ``levels``, ``step_size``, ``t_start``,
+            ``strength``, ``gamma``, ``corrections``, ``tau``.
+
+    Returns:
+        The estimate (``mean``: the average of the draws; others: the first draw; ``mmse``: the posterior mean),
+        shaped like ``pixels``, and the per-pixel standard deviation of the :math:`K \geq 2` draws in pixel units
+        (``None`` otherwise), both on the model's device.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    draws = samples if samples is not None else DEFAULT_SAMPLES.get(method, 1)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    if method == "mmse" and draws > 1:
+        raise ValueError("samples needs a sampling method: mmse is one estimate; use method mean or posterior")
+    unknown = sorted(
+        name for name, value in options.items() if value is not None and name not in METHOD_OPTIONS[method]
+    )
+    if unknown or (steps is not None and method == "mmse"):
+        raise ValueError(f"method {method} takes no option {unknown or ['steps']}")
+    if clipped not in ("auto", "on", "off"):
+        raise ValueError(f"clipped must be auto, on or off, not {clipped!r}")
+    single = pixels.ndim == 3
+    batch = pixels[None] if single else pixels
+    levels = [float(sigma)] * batch.shape[0] if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
+    if len(levels) != batch.shape[0]:
+        raise ValueError(f"got {len(levels)} noise levels for {batch.shape[0]} images")
+    for level in set(levels):
+        check_sigma(model, level)
+    device = next(model.parameters()).device
+    if generator is None:
+        generator, _ = seeded_generator(seed, "denoise", device)
+    step = _quantisation_step(clipped, bit_depth)
+    channels = model.backbone.config.channels
+
+    estimate: Tensor | None = None
+    spread: Tensor | None = None
+    for level in dict.fromkeys(levels):  # in order of first appearance, so the random stream is reproducible
+        index = [i for i, value in enumerate(levels) if value == level]
+        y = 2 * batch[index].to(device, torch.float32) - 1
+        sigma_y = 2 * level
+        if step is not None:
+            y = impute_clipped(y, sigma_y, step=step)
+        observed, sigma_obs, back = match_channels(y, sigma_y, channels, generator)
+        drawn = back(_draws(model, observed, sigma_obs, method, draws, steps, options, generator, tile))
+        value = drawn.mean(0) if method == "mean" else drawn[0]
+        if estimate is None:
+            estimate = torch.empty((batch.shape[0], *value.shape[1:]), device=device)
+            spread = torch.empty_like(estimate) if draws >= 2 else None
+        estimate[index] = (value + 1) / 2
+        if spread is not None:
+            spread[index] = drawn.std(0) / 2  # model units are twice pixel units
+    assert estimate is not None
+    if single:
+        return estimate[0], None if spread is None else spread[0]
+    return estimate, spread
+
+
+def _quantisation_step(clipped: str, bit_depth: int | None) -> float | None:
+    """The quantisation step in model units of a file whose pixels at 0 and 1 are clipped, or None (not clipped)."""
+    integer = bit_depth in (8, 16)
+    if clipped == "off" or (clipped == "auto" and not integer):
+        return None
+    return 2 / (2 ** int(bit_depth) - 1) if integer else 0.0  # type: ignore[arg-type]
