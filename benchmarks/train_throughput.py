@@ -25,12 +25,15 @@ import statistics
 import time
 
 import torch
-from _common import header, set_threads, table
+from _common import header, record, set_threads, table
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sda_cli.checkpoint import build_denoiser
 from sda_cli.denoiser import Denoiser, autocast_dtype
+
+TITLE = "Training throughput: sda U-Net against diffusers UNet2DModel"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--their-widths", default="64,144,192", help="UNet2DModel block_out_channels")
     parser.add_argument("--precision", default="auto", help="autocast of both steps, as `sda train --precision`")
     parser.add_argument("--compile", action="store_true", help="also time our step with torch.compile")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
+    )
     return parser.parse_args()
 
 
@@ -146,22 +152,26 @@ def main() -> None:
         print(f"round {repeat + 1}: " + ", ".join(f"{n} {r[-1]:.1f} img/s" for n, r in rates.items()), flush=True)
 
     medians = {name: statistics.median(r) for name, r in rates.items()}
-    print()
-    print(header("Training throughput: sda U-Net against diffusers UNet2DModel", "none (untrained weights)"))
-    print(
-        f"Batch {args.batch_size} of 32x32 RGB, {precision or torch.float32} on CPU (--precision {args.precision}), "
-        "channels-last, AdamW foreach, grad clip, EMA; "
-        f"{args.repeats} alternating rounds of {args.steps} steps (after a warm-up step), medians.\n"
-    )
     rows = []
     for name in models:
         rounds = " ".join(f"{r:.1f}" for r in rates[name])
         rows.append([name, f"{counts[name]:,}", f"{flops[name] / 1e9:.3f}", f"{medians[name]:.1f}", rounds])
-    print(table(["model", "parameters", "forward GFLOPs/img", "median img/s", "rounds img/s"], rows))
+    parts = [
+        header(TITLE, "none (untrained weights)"),
+        f"Batch {args.batch_size} of 32x32 RGB, {precision or torch.float32} on CPU (--precision {args.precision}), "
+        "channels-last, AdamW foreach, grad clip, EMA; "
+        f"{args.repeats} alternating rounds of {args.steps} steps (after a warm-up step), medians.\n",
+        table(["model", "parameters", "forward GFLOPs/img", "median img/s", "rounds img/s"], rows),
+    ]
     for name in models:
         if name != "diffusers UNet2DModel":
             ratio = medians[name] / medians["diffusers UNet2DModel"]
-            print(f"\nratio {name} / diffusers UNet2DModel (images per second): {ratio:.3f}")
+            parts.append(f"\nratio {name} / diffusers UNet2DModel (images per second): {ratio:.3f}")
+    text = "\n".join(parts)
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
 
 
 if __name__ == "__main__":
