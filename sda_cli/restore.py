@@ -41,7 +41,7 @@ __all__ = [
     "match_channels",
 ]
 
-METHODS: tuple[str, ...] = ("mmse", "posterior", "mean", "sda", "langevin", "guided")
+METHODS: tuple[str, ...] = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
 """``mmse``: the posterior mean; ``posterior``: draws of the exact posterior (:class:`MatchedPosterior`); ``mean``:
 their average; ``sda``: :class:`SDA`; ``langevin`` and ``guided``: the baselines."""
 
