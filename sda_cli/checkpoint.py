@@ -43,6 +43,7 @@ __all__ = [
     "read_metadata",
     "save_model",
     "save_state",
+    "update_config",
 ]
 
 FORMAT_VERSION = 1
@@ -94,7 +95,9 @@ def build_denoiser(config: dict[str, Any], precision: torch.dtype | None = None)
         raise CheckpointError(f"{_too_large(count)}; use smaller widths or fewer blocks")
     unet = UNet(UNetConfig.from_dict(config["model"]), precision=precision)
     denoiser_config = DenoiserConfig.from_dict(config["denoiser"])
-    return Denoiser(unet, make_schedule(config["schedule"]), denoiser_config, int(config.get("image_size", 32)))
+    inflation = tuple((float(s), float(f)) for s, f in config.get("calibration", {}).get("inflation", []))
+    size = int(config.get("image_size", 32))
+    return Denoiser(unet, make_schedule(config["schedule"]), denoiser_config, size, inflation)
 
 
 def _too_large(count: int) -> str:
@@ -148,6 +151,20 @@ def check_config(config: Any) -> dict[str, Any]:
             raise CheckpointError(f"{key} must be a whole number from 1 to {limit}")
     if not isinstance(config.get("training", {}), dict):
         raise CheckpointError("the 'training' section is not a JSON object")
+    calibration = config.get("calibration", {})
+    table = calibration.get("inflation", []) if isinstance(calibration, dict) else None
+    if not (
+        isinstance(table, list)
+        and all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+            and pair[0] > 0
+            and pair[1] > 0
+            for pair in table
+        )
+    ):
+        raise CheckpointError("the calibration's inflation must be a list of [sigma, factor] pairs of positive numbers")
     try:
         unet = UNetConfig.from_dict(model)
         DenoiserConfig.from_dict(config["denoiser"])
@@ -282,6 +299,15 @@ def load_model(
     _load_weights(denoiser.backbone, tensors, path)
     denoiser.backbone.to(memory_format=torch.channels_last)
     return denoiser.to(device).eval(), config
+
+
+def update_config(path: str | Path, section: str, value: Any) -> None:
+    """Set one top-level section of a model file's config, keeping its weights; written atomically."""
+    path = Path(path)
+    config, tensors = _read(path, with_tensors=True)
+    config = {**config, section: value}
+    check_config(config)
+    _write(path, tensors, config)
 
 
 def save_state(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:

@@ -488,6 +488,13 @@ def denoise_command(
         int | None, _sampling(min=0, max=100, help=f"sda: Langevin corrections per step ({SDA.CORRECTIONS}).")
     ] = None,
     tau: Annotated[float | None, _sampling(help=f"sda: corrector step size in (0, 10] ({SDA.TAU}).")] = None,
+    inflation: Annotated[
+        str,
+        _sampling(
+            help="posterior, mean: move the draws away from the posterior mean by this factor so that their spread "
+            "matches their error: auto (the model's calibrated factor) or a number (1: raw draws)."
+        ),
+    ] = "auto",
     tile: Annotated[
         int, typer.Option(min=32, max=4096, help="Larger images are denoised in overlapping tiles of this side.")
     ] = restore.TILE,
@@ -543,6 +550,7 @@ def denoise_command(
         "tau": tau,
     }
     _check_method_options(method, steps, options)
+    factor = _inflation(inflation)
     torch_device = _device(device)
     pairs = _pairs(inputs, output, force)
     std_targets = _std_targets(pairs, std, output, force)
@@ -569,6 +577,7 @@ def denoise_command(
                         bit_depth=group[0][2].bit_depth,
                         clipped=clipped,
                         tile=tile,
+                        inflation=factor,
                         generator=generator,
                         **options,
                     )
@@ -585,6 +594,19 @@ def denoise_command(
                         failures.report(error)
             progress.advance(task, len(batch))
     failures.exit(len(pairs))
+
+
+def _inflation(text: str) -> float | str:
+    """``--inflation``: auto or a number in (0, 10)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 10:
+        raise UsageError(f"--inflation takes auto or a number in (0, 10) such as 1, not {text!r}")
+    return value
 
 
 def _check_method_options(method: str, steps: int | None, options: dict[str, float | None]) -> None:

@@ -113,7 +113,12 @@ class Denoiser(nn.Module):
     """:math:`\\hat{x}(x_t, t)` from a backbone :math:`F(z, c)` and a schedule."""
 
     def __init__(
-        self, backbone: nn.Module, schedule: Schedule, config: DenoiserConfig | None = None, image_size: int = 32
+        self,
+        backbone: nn.Module,
+        schedule: Schedule,
+        config: DenoiserConfig | None = None,
+        image_size: int = 32,
+        inflation: tuple[tuple[float, float], ...] = (),
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -121,6 +126,8 @@ class Denoiser(nn.Module):
         self.config = config or DenoiserConfig()
         self.image_size = image_size
         """The side of the training images: the default size of new samples."""
+        self.inflation = inflation
+        """``(sigma, factor)`` pairs: the multiplicative inflation of posterior draws (:mod:`sda_cli.inflation`)."""
 
     def _coefficients(self, rho: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.config.parametrisation == "eps":

@@ -8,7 +8,9 @@ units to the estimate and the per-pixel standard deviation of the draws, in pixe
    replaced by their expected unclipped values first (:func:`sda_cli.clipping.impute_clipped`);
 3. channels: a grey image on an RGB model is made an RGB observation with white noise (:func:`match_channels`);
 4. the method (:data:`METHODS`): ``mmse``, the posterior mean in one evaluation, or :math:`K` draws of a posterior
-   method of :mod:`sda_cli.guidance` (``mean`` averages them), with each method's own defaults;
+   method of :mod:`sda_cli.guidance` (``mean`` averages them), with each method's own defaults; draws of the exact
+   posterior (``posterior``, ``mean``) are inflated about the posterior mean by the model's calibrated factor
+   (:mod:`sda_cli.inflation`), so that their spread matches their error;
 5. tiling and memory: the sampler's state is the whole image, one noise field, so that draws have no seams; only
    the network evaluation inside each step is split, into tiles of large images and into chunks of many small ones,
    at most :data:`PIXELS_PER_CALL` pixels per call (:class:`TiledDenoiser`);
@@ -26,6 +28,7 @@ from torch import Tensor
 from sda_cli.clipping import impute_clipped
 from sda_cli.denoiser import Denoiser
 from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse, MatchedPosterior, matched_time
+from sda_cli.inflation import inflate, inflation_factor
 from sda_cli.sampler import DenoiserLike
 from sda_cli.seeds import seeded_generator
 from sda_cli.tiles import map_tiles, map_tiles_vjp
@@ -190,15 +193,20 @@ def _draws(
     options: dict[str, float],
     generator: torch.Generator,
     tile: int,
+    factor: float,
 ) -> Tensor:
-    """``(K, B, C, H, W)`` draws (``mmse``: its one estimate) of a batch of observations in model units."""
+    """``(K, B, C, H, W)`` draws (``mmse``: its one estimate) of a batch of observations in model units; draws of the
+    exact posterior inflated by ``factor`` about the posterior mean (one more evaluation)."""
     per_call = PIXELS_PER_CALL // (BACKWARD_FACTOR if method == "sda" else 1)
     denoiser = TiledDenoiser(model, tile, tile // 8, per_call)
     if method == "mmse":
         return MatchedPosterior(denoiser, y, sigma_y).mean().unsqueeze(0)
     repeated = y.unsqueeze(0).expand(samples, *y.shape).reshape(samples * y.shape[0], *y.shape[1:])
     drawn = _method(method, denoiser, repeated, sigma_y, steps, options).sample(generator=generator)
-    return drawn.reshape(samples, *y.shape)
+    drawn = drawn.reshape(samples, *y.shape)
+    if method in ("posterior", "mean") and factor != 1.0:
+        drawn = inflate(drawn, MatchedPosterior(denoiser, y, sigma_y).mean(), factor)
+    return drawn
 
 
 def denoise(
@@ -212,6 +220,7 @@ def denoise(
     bit_depth: int | None = None,
     clipped: str = "auto",
     tile: int = TILE,
+    inflation: float | str = "auto",
     seed: int | None = None,
     generator: torch.Generator | None = None,
     **options: float,
@@ -230,6 +239,8 @@ def denoise(
             float data.
         clipped: ``auto`` (impute clipped pixels of integer files), ``on`` (of any input) or ``off``.
         tile: images larger than this are evaluated in overlapping tiles.
+        inflation: the factor by which draws of ``posterior`` and ``mean`` move away from the posterior mean:
+            ``auto`` (the model's calibrated factor at this sigma, 1 if it has none) or a number (1: raw draws).
         seed: the seed of ``sda denoise --seed`` (same numbers as the command line); or pass ``generator``.
         options: the method's own options (:data:`METHOD_OPTIONS`): ``levels``, ``step_size``, ``t_start``,
             ``strength``, ``gamma``, ``corrections``, ``tau``.
@@ -253,6 +264,8 @@ def denoise(
         raise ValueError(f"method {method} takes no option {unknown or ['steps']}")
     if clipped not in ("auto", "on", "off"):
         raise ValueError(f"clipped must be auto, on or off, not {clipped!r}")
+    if inflation != "auto" and not (isinstance(inflation, (int, float)) and 0 < inflation < 10):
+        raise ValueError(f"inflation must be auto or a number in (0, 10), not {inflation!r}")
     single = pixels.ndim == 3
     batch = pixels[None] if single else pixels
     levels = [float(sigma)] * batch.shape[0] if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
@@ -275,7 +288,8 @@ def denoise(
         if step is not None:
             y = impute_clipped(y, sigma_y, step=step)
         observed, sigma_obs, back = match_channels(y, sigma_y, channels, generator)
-        drawn = back(_draws(model, observed, sigma_obs, method, draws, steps, options, generator, tile))
+        factor = inflation_factor(getattr(model, "inflation", ()), level) if inflation == "auto" else float(inflation)
+        drawn = back(_draws(model, observed, sigma_obs, method, draws, steps, options, generator, tile, factor))
         value = drawn.mean(0) if method == "mean" else drawn[0]
         if estimate is None:
             estimate = torch.empty((batch.shape[0], *value.shape[1:]), device=device)

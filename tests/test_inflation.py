@@ -1,0 +1,60 @@
+"""Multiplicative inflation of posterior draws: the table lookup, the transform, its fit, and its use in denoise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_restore import IndependentPixels
+
+from sda_cli import denoise
+from sda_cli.inflation import fit_factor, inflate, inflation_factor
+
+TABLE = [[0.05, 1.2], [0.1, 1.1], [0.2, 1.05]]
+
+
+def test_factor_is_interpolated_in_log_sigma_and_held_at_the_ends() -> None:
+    assert inflation_factor([], 0.1) == 1.0
+    assert inflation_factor(TABLE, 0.1) == pytest.approx(1.1)
+    assert inflation_factor(TABLE, math.sqrt(0.1 * 0.2)) == pytest.approx(1.075)  # halfway in log sigma
+    assert inflation_factor(TABLE, 0.01) == 1.2 and inflation_factor(TABLE, 0.9) == 1.05
+    assert inflation_factor(list(reversed(TABLE)), 0.07) == inflation_factor(TABLE, 0.07)
+
+
+def test_inflation_restores_the_identities_it_is_fitted_to() -> None:
+    """Draws whose spread is 80% of the error of the mean: after inflation by the fitted factor, the draw error is
+    twice the MMSE and the spread equals the error (exactly, on the data fitted)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 8, generator=generator, dtype=torch.float64)
+    m = x + 0.5 * torch.randn(x.shape, generator=generator, dtype=torch.float64)  # an estimate with error 0.25
+    draws = m + math.sqrt(0.8 * 0.25) * torch.randn(3, *x.shape, generator=generator, dtype=torch.float64)
+    error = float((m - x).square().sum())
+    spread = float((draws - m).square().sum() / 3)
+    factor = fit_factor(error, spread)
+    inflated = inflate(draws, m, factor)
+    assert float((inflated - m).square().sum() / 3) == pytest.approx(error)
+    assert float((inflated - x).square().sum() / 3) / error == pytest.approx(2.0, abs=0.01)
+    with pytest.raises(ValueError, match="positive"):
+        fit_factor(0.0, 1.0)
+
+
+def test_denoise_inflates_draws_about_the_posterior_mean() -> None:
+    """With the same seed, inflation by 1.5 moves every draw 1.5 times as far from the mmse estimate, so the std map
+    grows by 1.5; mmse itself is untouched."""
+    model = IndependentPixels(0.3)
+    pixels = 0.5 + 0.1 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    m, _ = denoise(model, pixels, 0.1)
+    runs = {
+        factor: denoise(model, pixels, 0.1, method="mean", samples=3, steps=8, inflation=factor, seed=4)
+        for factor in (1.0, 1.5)
+    }
+    (raw_mean, raw_std), (mean, std) = runs[1.0], runs[1.5]
+    assert raw_std is not None and std is not None
+    torch.testing.assert_close(std, 1.5 * raw_std)
+    torch.testing.assert_close(mean - m, 1.5 * (raw_mean - m))
+    model.inflation = ((0.1, 1.5),)
+    auto_mean, _ = denoise(model, pixels, 0.1, method="mean", samples=3, steps=8, seed=4)
+    torch.testing.assert_close(auto_mean, mean)
+    with pytest.raises(ValueError, match="inflation"):
+        denoise(model, pixels, 0.1, method="mean", inflation=-1.0)
