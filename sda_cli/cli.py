@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sda_cli import restore
-from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, read_metadata
+from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, parameter_count, read_metadata
 from sda_cli.denoiser import PARAMETRISATIONS, PRECISIONS, Denoiser
 from sda_cli.generate import DEFAULT_SAMPLER, sample
 from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse
@@ -35,7 +35,7 @@ from sda_cli.images import (
     read_image,
     write_image,
 )
-from sda_cli.models import load_model, pick_device, resolve_model
+from sda_cli.models import CHECKPOINTS, SHIPPED, flops_per_pixel, load_model, pick_device, resolve_model
 from sda_cli.noise_level import estimate_sigma
 from sda_cli.sampler import DEFAULT_STEPS, SAMPLERS, make_sampler
 from sda_cli.seeds import command_seed, seeded_generator
@@ -734,10 +734,27 @@ def sample_command(
 
 @app.command("info")
 def info_command(
-    model: Annotated[Path, typer.Argument(help="A checkpoint written by sda train.")],
+    model: Annotated[
+        str | None, typer.Argument(help="A shipped model's name or a checkpoint file; none: list the shipped models.")
+    ] = None,
 ) -> None:
-    """Print a checkpoint's config (the JSON in its metadata)."""
-    typer.echo(json.dumps(read_metadata(model), indent=2))
+    """Print a checkpoint's config (the JSON in its metadata), or list the shipped models."""
+    if model is not None:
+        typer.echo(json.dumps(read_metadata(resolve_model(model)), indent=2))
+        return
+    for name, what in SHIPPED.items():
+        path = CHECKPOINTS / f"{name}.safetensors"
+        if not path.is_file():
+            continue
+        config = read_metadata(path)
+        side = int(config.get("image_size", 32))
+        flops = flops_per_pixel(config["model"], side)
+        count = parameter_count(config["model"])
+        step, data = config.get("training", {}).get("step", "?"), config.get("dataset", "?")
+        typer.echo(
+            f"{name}: {what}\n  file {path.name}, {path.stat().st_size / 1e6:.1f} MB, {count / 1e6:.1f}M parameters, "
+            f"{flops / 1e6:.2f} MFLOP per pixel (forward, {side}x{side} input), trained on {data} for {step} steps"
+        )
 
 
 @app.callback()

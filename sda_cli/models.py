@@ -14,7 +14,7 @@ from sda_cli.checkpoint import CheckpointError
 from sda_cli.checkpoint import load_model as load_checkpoint
 from sda_cli.denoiser import Denoiser, autocast_dtype
 
-__all__ = ["CHECKPOINTS", "SHIPPED", "load_model", "pick_device", "resolve_model"]
+__all__ = ["CHECKPOINTS", "SHIPPED", "flops_per_pixel", "load_model", "pick_device", "resolve_model"]
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED: dict[str, str] = {"cifar10": "CIFAR-10 32×32 thumbnails: the default of sda denoise and sda sample"}
@@ -34,6 +34,22 @@ def resolve_model(model: str | Path | None, default: str = "cifar10") -> Path:
         names = ", ".join(SHIPPED)
         raise CheckpointError(f"no model at {path}; pass a shipped model ({names}) or a .safetensors file")
     return path
+
+
+def flops_per_pixel(model: dict[str, object], side: int) -> float:
+    """Forward FLOPs per pixel of the U-Net a ``model`` config describes, on a ``side × side`` image (a multiply-add
+    counts 2), counted by ``torch.utils.flop_counter`` on the meta device: nothing is allocated."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sda_cli.unet import UNet, UNetConfig
+
+    config = UNetConfig.from_dict(dict(model))
+    with torch.device("meta"):
+        network = UNet(config)
+        image, noise = torch.empty(1, config.channels, side, side), torch.empty(1)
+        with FlopCounterMode(display=False) as counter:
+            network(image, noise)
+    return counter.get_total_flops() / side**2
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
