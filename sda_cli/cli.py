@@ -723,9 +723,9 @@ def sample_command(
             progress=lambda done: progress.update(task, completed=done),
         ).cpu()
     if is_folder:
-        width = len(str(n - 1))
+        digits = len(str(n - 1))
         for i, image in enumerate(images):
-            write_image(output / f"sample_{i:0{width}d}.png", image)
+            write_image(output / f"sample_{i:0{digits}d}.png", image)
         write_image(output / "grid.png", make_grid(images))
     else:
         write_image(output, make_grid(images))

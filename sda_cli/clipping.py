@@ -3,9 +3,9 @@ r"""Clipped observations: impute the values that an 8- or 16-bit file cut off at
 A noisy image file stores :math:`y = \operatorname{clip}(x + \sigma_y n)`, so a pixel at the bottom of the range
 only says that the unclipped observation :math:`u = x + \sigma_y n` lay below the first quantisation threshold
 :math:`c_0` (half a step above the bottom), and a pixel at the top that :math:`u > c_1`. Taking such a pixel at face
-value breaks the matched-time identity of :mod:`sda_cli.posterior` (its noise is no longer Gaussian nor centred),
-and dark and bright regions come out biased towards mid-grey: on CIFAR-10 this costs about 0.3, 0.8 and 1.5 dB of
-MMSE PSNR at pixel sigma 0.1, 0.2 and 0.3 (``benchmarks/clipping.py``).
+value breaks the matched-time identity of :mod:`sda_cli.guidance.matched` (its noise is no longer Gaussian nor
+centred), and dark and bright regions come out biased towards mid-grey, more so the larger the noise (what it costs:
+``benchmarks/RESULTS.md``, clipping).
 
 The censored pixels are replaced by their conditional mean given the censoring, under :math:`u \sim
 \mathcal{N}(\hat{x}, \sigma_y^2)` with :math:`\hat{x}` the current estimate of the clean image (the truncated
@@ -21,10 +21,9 @@ little less noise than :math:`\sigma_y`, so the result is approximate, as any us
 
 Which estimate :math:`\hat{x}`? The imputation only needs it at the clipped pixels, which lie in dark or bright
 regions, and there a local mean of the observation is nearly as good as the network: :func:`local_mean`, a Gaussian
-blur of one pixel, iterated as a fixed point (blur the imputed observation, impute again; three rounds). On 500 CIFAR-10
-test images this recovers the same PSNR as imputing with the network's MMSE estimate to within 0.01 dB at sigma 0.1,
-0.2 and 0.3 (``benchmarks/clipping.py``), and it costs no network evaluation, so that ``--clipped auto`` leaves
-``mmse`` at one network evaluation per image.
+blur of one pixel, iterated as a fixed point (blur the imputed observation, impute again; three rounds). It recovers
+as much PSNR as imputing with the network's MMSE estimate (``benchmarks/RESULTS.md``, clipping) and costs no network
+evaluation, so that ``--clipped auto`` leaves ``mmse`` at one network evaluation per image.
 
 References:
     Tobin, "Estimation of Relationships for Limited Dependent Variables", Econometrica 1958.

@@ -22,10 +22,9 @@ The other two views follow by identity (Vincent, 2011; Song et al., 2021):
 .. math:: \hat{\varepsilon} = (x_t - \alpha_t \hat{x}) / \sigma_t, \qquad
           \nabla_{x_t} \log p_t(x_t) = -\hat{\varepsilon} / \sigma_t.
 
-Choice: ``edm`` is the default. At equal short budgets ``eps`` denoised 0.4–0.7 dB better at
-:math:`\sigma \le 0.3` and ``edm`` better at :math:`\sigma = 0.5` (``benchmarks/RESULTS.md``): on the
-:math:`\hat{x}` error, ``eps`` weighs :math:`1/\rho^2` and ``edm`` :math:`(1 + 4\rho^2)/\rho^2`, so ``edm``
-gives more weight to the high noise levels that sampling from pure noise depends on.
+Choice: ``edm`` is the default (the three compared at equal budgets: ``benchmarks/RESULTS.md``,
+parametrisation): on the :math:`\hat{x}` error, ``eps`` weighs :math:`1/\rho^2` and ``edm``
+:math:`(1 + 4\rho^2)/\rho^2`, so ``edm`` gives more weight to the high noise levels that sampling from pure noise depends on.
 
 Training noise levels: :math:`\log \rho \sim \mathcal{N}(P_\text{mean}, P_\text{std}^2)` (Karras et al.,
 2022), clipped to the schedule's range, mapped to :math:`t` by the schedule's inverse.
@@ -52,10 +51,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` is bf16 where the hardware runs it natively (CUDA with bf16, else fp16; CPUs with AVX-512 BF16 or AMX,
     where a convolution runs about twice as fast), float32 elsewhere (emulated bf16 is slower than float32:
-    :func:`cpu_has_native_bf16`).
-    On the shipped model (step 2732, AMD EPYC with AVX-512 BF16) bf16 changed the MMSE estimate by at most 0.005 in
-    pixel units and its PSNR by at most 0.001 dB, for a 1.7–1.8× speed-up of the whole estimate
-    (`benchmarks/precision.py`).
+    :func:`cpu_has_native_bf16`). What bf16 changes and saves: ``benchmarks/RESULTS.md``, precision.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -71,8 +67,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX).
 
-    oneDNN also accepts bf16 on plain AVX-512 by emulating it, which on a 2-core Ice Lake Xeon made the MMSE estimate
-    2.5–3× slower than float32 (``benchmarks/precision.py``): ``auto`` must not pick it there.
+    oneDNN also accepts bf16 on plain AVX-512 by emulating it, which is slower than float32
+    (``benchmarks/RESULTS.md``, precision): ``auto`` must not pick it there.
     """
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)

@@ -159,7 +159,7 @@ def train(
     if distributed and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    main = rank == 0
+    is_main = rank == 0
     out = Path(out)
     state_file = state_path_for(out)
 
@@ -233,7 +233,7 @@ def train(
     }
 
     def write(at_step: int, seconds: float) -> None:
-        if not main:
+        if not is_main:
             return
         training = {
             **asdict(config),
@@ -305,7 +305,7 @@ def train(
                 if checkpointed:
                     write(step, time.perf_counter() - started)
                     loss_sum, loss_count = 0.0, 0
-                if main and on_step is not None:
+                if is_main and on_step is not None:
                     rate = window / max(time.perf_counter() - window_start, 1e-9)
                     on_step(StepReport(step, config.steps, last_loss, rate, checkpointed))
                 if step % 50 == 0:
