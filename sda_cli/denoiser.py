@@ -24,7 +24,8 @@ The other two views follow by identity (Vincent, 2011; Song et al., 2021):
 
 Choice: ``edm`` is the default (the three compared at equal budgets: ``benchmarks/RESULTS.md``,
 parametrisation): on the :math:`\hat{x}` error, ``eps`` weighs :math:`1/\rho^2` and ``edm``
-:math:`(1 + 4\rho^2)/\rho^2`, so ``edm`` gives more weight to the high noise levels that sampling from pure noise depends on.
+:math:`(1 + 4\rho^2)/\rho^2`, so ``edm`` gives more weight to the high noise levels that sampling from pure noise
+depends on.
 
 Training noise levels: :math:`\log \rho \sim \mathcal{N}(P_\text{mean}, P_\text{std}^2)` (Karras et al.,
 2022), clipped to the schedule's range, mapped to :math:`t` by the schedule's inverse.
