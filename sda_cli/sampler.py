@@ -179,8 +179,6 @@ class Sampler:
     """
 
     name: ClassVar[str] = ""
-    stochastic: ClassVar[bool] = False
-    """Whether the steps draw noise: a deterministic sampler sends one start to one end."""
     evaluations_per_step: int = 1
 
     def __init__(self, denoiser: DenoiserLike, *, generator: torch.Generator | None = None) -> None:
@@ -264,7 +262,6 @@ class Ancestral(Sampler):
     """
 
     name = "ancestral"
-    stochastic = True
 
     def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
         alpha_t, sigma_t, alpha_s, sigma_s = self.coefficients(t, s)
@@ -347,7 +344,6 @@ class PC(Sampler):
     """
 
     name = "pc"
-    stochastic = True
 
     def __init__(
         self,

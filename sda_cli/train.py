@@ -105,10 +105,6 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], groups: list[dict[str, Any]
     return {"state": state, "param_groups": groups}
 
 
-def _prefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{prefix}{k}": v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 class _Stop:
     """Turns SIGTERM into a clean stop at the end of the current step (Ctrl-C is KeyboardInterrupt)."""
 

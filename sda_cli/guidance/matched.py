@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sda_cli.sampler import Ancestral, DenoiserLike, alpha_sigma
+from sda_cli.sampler import DEFAULT_STEPS, Ancestral, DenoiserLike, alpha_sigma
 from sda_cli.schedule import Schedule
 
 __all__ = ["MatchedPosterior", "matched_time"]
@@ -58,9 +58,9 @@ class MatchedPosterior:
     ``y``: observations ``(B, C, H, W)`` in model units; each row gets its own draw.
     """
 
-    STEPS = 128
-    """Default ancestral steps of a draw: on a Gaussian fitted to CIFAR-10 with its exact denoiser, 128 steps give
-    draws whose error is 1.95 times the MMSE (2 for exact draws; ``benchmarks/RESULTS.md``, calibration)."""
+    STEPS = DEFAULT_STEPS["ancestral"]
+    """Default ancestral steps of a draw (what the sampler loses of the posterior variance at this count, on the exact
+    denoiser of a Gaussian fitted to CIFAR-10: ``benchmarks/RESULTS.md``, calibration)."""
 
     def __init__(
         self, denoiser: DenoiserLike, y: Tensor, sigma_y: float, *, steps: int = STEPS, power: float = 7.0
