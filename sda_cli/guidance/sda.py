@@ -99,8 +99,8 @@ class SDA:
     The defaults follow the paper's code (256 steps, 1 correction, :math:`\gamma = 10^{-2}`) but for
     :math:`\tau = 0.2` instead of 0.5, on :func:`~sda_cli.sampler.time_grid`'s grid: on a Gaussian with an
     image-like spectrum the adaptive step at :math:`\tau = 0.5` inflates the variance of the weak directions well
-    beyond the posterior's, and a small :math:`\tau` leaves the strong ones too narrow; ``tests/test_guidance_methods.py``
-    checks the defaults against the exact posterior and says by how much each fails.
+    beyond the posterior's, and a small :math:`\tau` leaves the strong ones too narrow;
+    ``tests/test_guidance_methods.py`` checks the defaults against the exact posterior and says by how much each fails.
     """
 
     STEPS, CORRECTIONS, TAU, GAMMA = 256, 1, 0.2, 1e-2
