@@ -1,8 +1,8 @@
 """What clipping costs the MMSE denoiser, and what imputing the clipped pixels wins back.
 
 For each ``--sigmas`` level, the first ``--count`` exact CIFAR-10 test images get the same noise n (seed 0) and
-are denoised by ``posterior.mmse`` (in-process, the checkpoint's network at ``--precision``) from three versions
-of one observation:
+are denoised by the posterior mean ``sda_cli.guidance.MatchedPosterior(denoiser, y, 2 sigma).mean()`` (in-process,
+the checkpoint's network at ``--precision``) from three versions of one observation:
 
 * float: ``y = x + sigma n``, unclipped (the exact matched-time identity holds);
 * 8-bit: ``round(clip(y, 0, 1) 255) / 255``, what ``sda noise`` writes to a PNG, taken at face value
@@ -32,7 +32,7 @@ from sda_cli.checkpoint import load_model
 from sda_cli.clipping import impute_clipped
 from sda_cli.data import cifar10
 from sda_cli.denoiser import autocast_dtype
-from sda_cli.posterior import mmse
+from sda_cli.guidance import MatchedPosterior
 
 TITLE = "Clipped 8-bit inputs: MMSE PSNR lost and recovered"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
@@ -54,9 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     device = torch.device("cpu")
-    denoiser, _ = load_model(args.model, device)
-    denoiser.backbone.to(memory_format=torch.channels_last)
-    denoiser.precision = autocast_dtype(args.precision, device)
+    denoiser, _ = load_model(args.model, device, autocast_dtype(args.precision, device))  # channels-last
     clean = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 255
     rounds = [int(r) for r in args.rounds.split(",")]
 
@@ -67,7 +65,7 @@ def main() -> None:
             observation = 2 * part - 1
 
             def estimate(v: torch.Tensor) -> torch.Tensor:
-                return mmse(denoiser, v, 2 * sigma)
+                return MatchedPosterior(denoiser, v, 2 * sigma).mean()
 
             if imputation == "network":
                 observation = impute_clipped(observation, 2 * sigma, estimate, rounds=1)

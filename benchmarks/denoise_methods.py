@@ -3,16 +3,21 @@
 What. For each ``--sigmas`` level, the first ``--count`` CIFAR-10 test images are noised once and every method
 denoises the same noisy files:
 
-* sda's methods, called in-process through the core API (``sda_cli.posterior``) with the model loaded once by
-  ``load_model``, images batched (``--batch-size`` images per call, divided by K for the K-sample method), model
-  units ``x = 2p - 1`` so ``sigma_y = 2 sigma``:
-  ``mmse`` (``posterior.mmse``, one evaluation), ``posterior`` (one matched-start ancestral sample,
-  ``posterior.posterior_sample`` with ``--posterior-steps``, default 128 as ``sda denoise --method posterior``),
-  ``mean`` (mean of K = ``--samples`` matched samples, ``posterior.posterior_mean_std`` with the same steps),
-  ``langevin`` (``posterior.langevin`` defaults: 10 levels of 20 steps), ``guided`` (``posterior.guided``,
-  ``t_start = 0.5``, default strength 0.1 and 64 steps) and ``sda`` (``posterior.sda`` defaults, ``--sda-steps``
-  steps, default 256); each from the observation with its clipped pixels imputed (``sda_cli.clipping``, from the
-  local mean) as ``sda denoise`` does on 8-bit files (``--no-impute``: taken as they are);
+* sda's methods, called in-process through the core API, ``sda_cli.restore.denoise`` (the pipeline ``sda denoise``
+  runs), on the noisy pixels with ``bit_depth=8``, the model loaded once by ``sda_cli.checkpoint.load_model``
+  (network in float32), images batched (``--batch-size`` images per ``denoise`` call, divided by K for the
+  K-sample method; ``denoise`` itself splits every network evaluation into calls of at most
+  ``restore.PIXELS_PER_CALL`` pixels, 64 CIFAR images, a quarter of that for the backward passes of ``sda``):
+  ``mmse`` (the posterior mean, one evaluation), ``posterior`` (one matched-start ancestral sample,
+  ``guidance.MatchedPosterior``, with ``--posterior-steps``, default 128 as ``sda denoise --method posterior``),
+  ``mean`` (mean of K = ``--samples`` such samples, the same steps), ``langevin`` (``guidance.AnnealedLangevin``
+  defaults: 10 levels of 20 steps), ``guided`` (``guidance.GuidedReverse``, ``t_start = 0.5``, default strength
+  0.1 and 64 steps) and ``sda`` (``guidance.SDA`` defaults but for ``--sda-steps`` steps, default 256, and the
+  corrector's ``--sda-tau``, default 0.2 as ``sda denoise``); the draws of ``posterior`` and ``mean`` are inflated
+  about the posterior mean by ``--inflation`` (default ``auto``: the model's calibrated factor at each sigma, 1 for a
+  model without one, as ``sda denoise``; the table names a factor other than 1); each from the observation with its
+  clipped pixels imputed (``clipped="auto"``: ``sda_cli.clipping``, from the local mean) as ``sda denoise`` does on
+  8-bit files (``--no-impute``: ``clipped="off"``, taken as they are);
 * classical denoisers, given the true sigma: CBM3D (``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)``), non-local means
   (``skimage.restoration.denoise_nl_means``, ``h = 0.8 sigma``, ``fast_mode``, patch 5, distance 6), total
   variation (``denoise_tv_chambolle``, its weight chosen per sigma from ``sigma`` × ``TV_FACTORS`` by the best
@@ -61,13 +66,13 @@ import torch
 from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
 from PIL import Image
 
-from sda_cli import posterior
+from sda_cli import restore
 from sda_cli.checkpoint import load_model
-from sda_cli.cli import command_seed
-from sda_cli.clipping import impute_clipped
 from sda_cli.data import cifar10
 from sda_cli.denoiser import Denoiser
-from sda_cli.images import to_model, to_pixels
+from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse
+from sda_cli.inflation import inflation_factor
+from sda_cli.seeds import seeded_generator
 
 TITLE = "Denoising methods: sda's posterior methods against classical denoisers"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
@@ -84,6 +89,16 @@ TV_FACTORS = (0.35, 0.5, 0.6, 0.7, 0.85, 1.0, 1.4, 2.0)
 TV_TUNE_COUNT = 50
 
 
+def inflation_option(text: str) -> float | str:
+    """``--inflation``: auto or a number in (0, 10), as ``sda denoise --inflation`` takes it."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    value = float(text)
+    if not 0 < value < 10:
+        raise ValueError(f"--inflation takes auto or a number in (0, 10), not {text!r}")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
@@ -92,10 +107,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--slow-count", type=int, default=100, help=f"images for {', '.join(sorted(SLOW))}")
     parser.add_argument("--sigmas", default="0.1,0.2,0.3", help="pixel-unit noise levels")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list, a subset of the default")
-    parser.add_argument("--posterior-steps", type=int, default=128, help="ancestral steps of posterior and mean")
+    parser.add_argument(
+        "--posterior-steps",
+        type=int,
+        default=restore.default_steps("posterior"),
+        help="ancestral steps of posterior and mean",
+    )
     parser.add_argument("--samples", type=int, default=8, help="K, the posterior samples averaged by mean")
-    parser.add_argument("--sda-steps", type=int, default=256, help="predictor-corrector steps of sda")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (divided by K for mean)")
+    parser.add_argument("--sda-steps", type=int, default=SDA.STEPS, help="predictor-corrector steps of sda")
+    parser.add_argument("--sda-tau", type=float, default=SDA.TAU, help="corrector step size tau of sda")
+    parser.add_argument(
+        "--inflation",
+        type=inflation_option,
+        default="auto",
+        help="posterior, mean: inflation of the draws, auto (the model's calibrated factor) or a number (1: raw draws)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per denoise call (divided by K for mean)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     parser.add_argument(
         "--impute",
@@ -163,16 +190,23 @@ def ssim(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
 # Methods
 
 
-def describe(method: str, args: argparse.Namespace) -> str:
-    """The table's name of a method, with its settings."""
+def inflation_at(denoiser: Denoiser, sigma: float, args: argparse.Namespace) -> float:
+    """The factor by which ``restore.denoise`` inflates the draws of posterior and mean at ``sigma``."""
+    return inflation_factor(denoiser.inflation, sigma) if args.inflation == "auto" else float(args.inflation)
+
+
+def describe(method: str, args: argparse.Namespace, inflation: float = 1.0) -> str:
+    """The table's name of a method, with its settings (``inflation``: the factor of posterior and mean draws)."""
+    inflated = "" if inflation == 1.0 else f", inflated ×{inflation:.3g}"
     return {
         "noisy": "noisy input",
         "mmse": "sda `mmse` (1 evaluation)",
-        "posterior": f"sda `posterior` (1 ancestral sample, {args.posterior_steps} steps)",
-        "mean": f"sda `mean` (K = {args.samples} ancestral samples, {args.posterior_steps} steps)",
-        "langevin": "sda `langevin` (10 levels × 20 steps)",
-        "guided": f"sda `guided` (t_start {GUIDED_T_START}, strength 0.1, 64 steps)",
-        "sda": f"sda `sda` (likelihood score, PC from noise, {args.sda_steps} steps)",
+        "posterior": f"sda `posterior` (1 ancestral sample, {args.posterior_steps} steps{inflated})",
+        "mean": f"sda `mean` (K = {args.samples} ancestral samples, {args.posterior_steps} steps{inflated})",
+        "langevin": f"sda `langevin` ({AnnealedLangevin.LEVELS} levels × {AnnealedLangevin.STEPS} steps)",
+        "guided": f"sda `guided` (t_start {GUIDED_T_START}, strength {GuidedReverse.STRENGTH}, "
+        f"{GuidedReverse.STEPS} steps)",
+        "sda": f"sda `sda` (likelihood score, PC from noise, {args.sda_steps} steps, τ {args.sda_tau:g})",
         "cbm3d": "CBM3D",
         "nlm": "non-local means (h = 0.8σ, fast)",
         "tv": "TV Chambolle (weight tuned)",
@@ -180,50 +214,36 @@ def describe(method: str, args: argparse.Namespace) -> str:
     }[method]
 
 
-def model_estimate(
-    method: str,
-    denoiser: Denoiser,
-    y: torch.Tensor,
-    sigma_y: float,
-    generator: torch.Generator,
-    args: argparse.Namespace,
-) -> torch.Tensor:
-    """One batch ``y`` (model units) denoised by ``method``, in model units; clipped pixels imputed first, as
-    ``sda denoise`` does on 8-bit files (unless ``--no-impute``)."""
-    with torch.no_grad():  # sda turns gradients back on where it needs them
-        if args.impute:
-            y = impute_clipped(y, sigma_y)
-        if method == "mmse":
-            return posterior.mmse(denoiser, y, sigma_y)
-        if method == "posterior":
-            return posterior.posterior_sample(denoiser, y, sigma_y, steps=args.posterior_steps, generator=generator)[0]
-        if method == "mean":
-            mean, _ = posterior.posterior_mean_std(
-                denoiser, y, sigma_y, samples=args.samples, steps=args.posterior_steps, generator=generator
-            )
-            return mean
-        if method == "langevin":
-            return posterior.langevin(denoiser, y, sigma_y, generator=generator)[0]
-        if method == "guided":
-            return posterior.guided(denoiser, y, sigma_y, t_start=GUIDED_T_START, generator=generator)[0]
-        if method == "sda":
-            return posterior.sda(denoiser, y, sigma_y, steps=args.sda_steps, generator=generator)[0]
-    raise ValueError(method)
+def model_options(method: str, args: argparse.Namespace) -> dict[str, float | str]:
+    """The options of ``restore.denoise`` for ``method`` beside the method's own defaults (module docstring)."""
+    return {
+        "mmse": {},
+        "posterior": {"steps": args.posterior_steps, "inflation": args.inflation},
+        "mean": {"samples": args.samples, "steps": args.posterior_steps, "inflation": args.inflation},
+        "langevin": {},
+        "guided": {"t_start": GUIDED_T_START},
+        "sda": {"steps": args.sda_steps, "tau": args.sda_tau},
+    }[method]
 
 
 def run_model(
     method: str, denoiser: Denoiser, noisy: np.ndarray, sigma: float, args: argparse.Namespace
 ) -> tuple[np.ndarray, float]:
-    """Estimates of every noisy image (HWC pixels) and the compute seconds per image."""
-    generator = torch.Generator().manual_seed(command_seed(args.seed, "denoise"))  # as sda denoise --seed
+    """Estimates of every noisy image (HWC pixels) and the compute seconds per image; clipped pixels imputed first, as
+    ``sda denoise`` does on 8-bit files (unless ``--no-impute``)."""
+    generator, _ = seeded_generator(args.seed, "denoise")  # as sda denoise --seed
     batch = max(1, args.batch_size // args.samples) if method == "mean" else args.batch_size
+    clipped = "auto" if args.impute else "off"
+    options = model_options(method, args)
     outputs, seconds = [], 0.0
     for start in range(0, len(noisy), batch):
-        y = to_model(torch.from_numpy(noisy[start : start + batch]).permute(0, 3, 1, 2).float())
+        pixels = torch.from_numpy(noisy[start : start + batch]).permute(0, 3, 1, 2).float()
         started = time.perf_counter()
-        x = model_estimate(method, denoiser, y, 2 * sigma, generator, args)
+        estimate, _ = restore.denoise(
+            denoiser, pixels, sigma, method=method, bit_depth=8, clipped=clipped, generator=generator, **options
+        )
         seconds += time.perf_counter() - started
-        outputs.append(to_pixels(x).permute(0, 2, 3, 1).double().numpy())
+        outputs.append(estimate.permute(0, 2, 3, 1).double().cpu().numpy())
     return np.concatenate(outputs), seconds / len(noisy)
 
 
@@ -356,7 +376,7 @@ def main() -> None:
                 )
             rows = [
                 [
-                    describe(method, args),
+                    describe(method, args, inflation_at(denoiser, sigma, args)),
                     str(len(r["psnr"])),
                     f"{r['psnr'].mean():.2f}",
                     f"{r['ssim'].mean():.4f}",

@@ -1,9 +1,10 @@
 """Denoising PSNR of the three parametrisations of the denoiser (edm, v, eps) at equal training budget.
 
 For each parametrisation (see ``sda_cli/denoiser.py``) the same small U-Net is trained from the same seed,
-with the same batches, learning rate and number of steps on the CIFAR-10 training set; then its EMA weights
-give the MMSE estimate ``posterior.mmse(denoiser, y, 2 * sigma)`` of the first ``--count`` test images from
-float, unclipped observations ``y = x + 2 sigma n`` (model space; the same noise for every parametrisation).
+with the same batches, learning rate and number of steps on the CIFAR-10 training set; then its EMA weights (the
+network in float32) give the MMSE estimate ``sda_cli.guidance.MatchedPosterior(denoiser, y, 2 * sigma).mean()`` of
+the first ``--count`` test images from float, unclipped observations ``y = x + 2 sigma n`` (model space; the same
+noise for every parametrisation).
 PSNR is per image in [0, 1] pixel units (peak 1, estimate clipped to [0, 1]), then averaged.
 
 Run from the repository root:
@@ -22,7 +23,7 @@ from _common import DEFAULT_DATA, header, psnr, record, set_threads, table, work
 
 from sda_cli.data import cifar10
 from sda_cli.denoiser import PARAMETRISATIONS, Denoiser
-from sda_cli.posterior import mmse
+from sda_cli.guidance import MatchedPosterior
 from sda_cli.train import TrainConfig, train
 
 TITLE = "Parametrisation: MMSE PSNR (dB) at equal training budget"
@@ -55,7 +56,7 @@ def evaluate(denoiser: Denoiser, x: torch.Tensor, sigma: float, seed: int, batch
     y = x + 2 * sigma * noise
     scores = []
     for start in range(0, len(x), batch):
-        estimate = mmse(denoiser, y[start : start + batch], 2 * sigma)
+        estimate = MatchedPosterior(denoiser, y[start : start + batch], 2 * sigma).mean()
         scores.append(psnr(((estimate + 1) / 2).clamp(0, 1), (x[start : start + batch] + 1) / 2))
     return float(torch.cat(scores).mean())
 

@@ -1,8 +1,10 @@
 """What bf16 autocast changes in the MMSE estimate, and what it saves, against float32.
 
 The first ``--count`` exact CIFAR-10 test images get float noise (``torch.Generator`` seed 0) at each ``--sigmas``
-level and are denoised by ``posterior.mmse`` in-process, once with the network in float32 and once under bf16
-autocast (``sda denoise --precision fp32`` and ``bf16``). Printed: PSNR of each (peak 1, estimates clipped to
+level and are denoised in-process by the posterior mean (``sda_cli.guidance.MatchedPosterior(denoiser, y,
+2 sigma).mean()``), once with the network in float32 and once under bf16 autocast: the checkpoint is loaded twice,
+``sda_cli.checkpoint.load_model(path, "cpu", autocast_dtype(p, "cpu"))`` for p = fp32 and bf16, as
+``sda denoise --precision fp32`` and ``bf16`` load it. Printed: PSNR of each (peak 1, estimates clipped to
 [0, 1]), the largest absolute difference of the two estimates in pixel units, and the seconds of each pass (after
 one untimed warm-up batch) with their ratio.
 
@@ -23,7 +25,8 @@ from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, s
 
 from sda_cli.checkpoint import load_model
 from sda_cli.data import cifar10
-from sda_cli.posterior import mmse
+from sda_cli.denoiser import Denoiser, autocast_dtype
+from sda_cli.guidance import MatchedPosterior
 
 TITLE = "bf16 autocast against float32 (mmse)"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
@@ -42,23 +45,27 @@ def main() -> None:
     )
     args = parser.parse_args()
     set_threads(args.threads)
-    denoiser, _ = load_model(args.model, torch.device("cpu"))
-    denoiser.backbone.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    # The same weights twice, each with its network's precision set at loading (channels-last, eval mode).
+    exact_model, _ = load_model(args.model, device, autocast_dtype("fp32", device))
+    fast_model, _ = load_model(args.model, device, autocast_dtype("bf16", device))
     clean = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 255
 
-    def denoise(y: torch.Tensor, sigma: float, dtype: torch.dtype | None) -> tuple[torch.Tensor, float]:
-        denoiser.precision = dtype
-        mmse(denoiser, 2 * y[: args.batch_size] - 1, 2 * sigma)  # warm-up
+    def denoise(y: torch.Tensor, sigma: float, denoiser: Denoiser) -> tuple[torch.Tensor, float]:
+        def mmse(part: torch.Tensor) -> torch.Tensor:
+            return MatchedPosterior(denoiser, 2 * part - 1, 2 * sigma).mean()
+
+        mmse(y[: args.batch_size])  # warm-up
         started = time.perf_counter()
-        out = [(mmse(denoiser, 2 * part - 1, 2 * sigma) + 1) / 2 for part in y.split(args.batch_size)]
+        out = [(mmse(part) + 1) / 2 for part in y.split(args.batch_size)]
         return torch.cat(out).clamp(0, 1), time.perf_counter() - started
 
     rows = []
     generator = torch.Generator().manual_seed(0)
     for sigma in [float(s) for s in args.sigmas.split(",")]:
         y = clean + sigma * torch.randn(clean.shape, generator=generator)
-        exact, exact_seconds = denoise(y, sigma, None)
-        fast, fast_seconds = denoise(y, sigma, torch.bfloat16)
+        exact, exact_seconds = denoise(y, sigma, exact_model)
+        fast, fast_seconds = denoise(y, sigma, fast_model)
         row = [f"{sigma:g}", f"{float(psnr(exact, clean).mean()):.3f}", f"{float(psnr(fast, clean).mean()):.3f}"]
         row += [f"{float((exact - fast).abs().max()):.4f}", f"{exact_seconds:.2f}", f"{fast_seconds:.2f}"]
         row.append(f"{exact_seconds / fast_seconds:.2f}")

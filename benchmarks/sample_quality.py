@@ -61,9 +61,9 @@ import torch
 from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
 from PIL import Image
 
-from sda_cli.cli import DEFAULT_STEPS
+from sda_cli.checkpoint import load_model
 from sda_cli.data import cifar10
-from sda_cli.sampler import SAMPLERS, nfe
+from sda_cli.sampler import DEFAULT_STEPS, SAMPLERS, make_sampler
 
 TITLE = "Sample quality: FID and KID of sda sample against CIFAR-10 test images"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
@@ -232,7 +232,8 @@ def measure(args: argparse.Namespace, model: Path, steps: int, workdir: Path) ->
     folder = workdir / "samples"
     folder.mkdir()
     samples, seconds = sda_samples(args, model, steps, folder)
-    name = f"sda {args.sampler}, {steps} steps, {nfe(args.sampler, steps)} NFE"
+    denoiser, _ = load_model(model)  # only to count the sampler's network evaluations, as sda sample prints them
+    name = f"sda {args.sampler}, {steps} steps, {make_sampler(args.sampler, denoiser).nfe(steps)} NFE"
     rows = [row(name, samples, seconds, target=True)]
     if args.floors:
         train = cifar10(args.data_dir, train=True, download=False).images
