@@ -1,0 +1,397 @@
+"""Photo denoising through the real command line: each sda model against CBM3D on the 18 McMaster photos.
+
+What. For each ``--sigmas`` level S (in 0-255 units: S/255 in pixel units; default 15, 25, 50), one table with a
+row per method: the noisy input, CBM3D, and ``sda denoise`` (mmse) with each ``--models NAME=PATH`` (default
+``cifar10=checkpoints/cifar10.safetensors``, plus ``photo=checkpoints/photo.safetensors`` when that file exists).
+Columns: mean PSNR (dB, peak 1 on [0, 1] pixels, per image then averaged), mean SSIM (scikit-image,
+``data_range=1, channel_axis=2``), seconds per megapixel and peak resident memory of the command. Below the tables,
+the checks of the issue "Real photos: a photo prior", with PASS/FAIL, computed from the PSNRs as the tables show
+them (2 decimals): at 25/255 and 50/255 the photo model at least 0.3 dB above the cifar10 model and at least 0.5 dB
+above CBM3D; at 15/255 the photo model no worse than either (the checks need models named photo and cifar10).
+With ``--sigma-auto`` the first model also denoises the same files with ``--sigma auto``: one more row, whose last
+column is the mean absolute error of the sigma the command estimated ("estimated sigma X" on its stderr), in /255.
+
+How. The first ``--count`` McMaster photos (500 × 500 RGB 8-bit TIFF, in the natural order of their names: 1, 2,
+…, 18) are saved as PNGs. For each level, ``python -m sda_cli noise CLEAN_FOLDER --sigma S/255 --seed 0 -o NOISY
+-q`` makes the noisy 8-bit PNGs (clipped and quantised) once; one draw runs through the files in order, so the
+first N photos get the same noise whatever ``--count``. Every method denoises THE SAME noisy files and writes 8-bit
+PNGs, and the metrics are measured on those files against the clean PNGs:
+
+* sda: ``python -m sda_cli denoise NOISY --sigma S/255 --model PATH -o OUT --method mmse --precision fp32 -q``
+  (plus ``--tile T`` when given);
+* CBM3D: ``bm3d.bm3d_rgb(noisy, sigma_psd=S/255)`` (the true sigma; bm3d 4 from PyPI), clipped to [0, 1] and
+  rounded to 8 bits, in a small Python command of its own (``python -c``) over the same folder.
+
+Every method is one fresh process, timed and measured the same way: seconds per megapixel is the wall time of the
+whole command (process start, imports, model load, reading and writing the files: nothing subtracted) over the
+megapixels denoised; peak memory is the ``ru_maxrss`` that ``os.wait4`` returns for that process (its peak resident
+set, with the Python interpreter and torch or numpy in it). Commands run with ``OMP_NUM_THREADS=--threads``.
+A command that fails gives its row ``n/a`` with the command's error line, and the script goes on.
+
+Run from the repository root with the benchmark extras (``pip install -e ".[benchmark]"``). Each method takes
+minutes per megapixel on this 2-core CPU (300 to 560 s/MP at 1 thread beside a training run), and the 18 photos are
+4.5 MP, so the full run takes hours; ``--count`` and ``--sigmas`` run a part:
+
+    python benchmarks/photo_quality.py --models cifar10=checkpoints/cifar10.safetensors \
+        photo=checkpoints/photo.safetensors --sigma-auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import ROOT, checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from PIL import Image
+
+TITLE = "Photo denoising: sda models against CBM3D on McMaster18"
+"""The heading of this script's tables, and of its section of ``benchmarks/RESULTS.md``."""
+
+PHOTOS = ROOT.parent / "shared" / "data" / "photos" / "mcmaster18"
+"""The 18 McMaster validation photos (500 × 500 RGB, 8-bit TIFF); see ``shared/data/README.md``."""
+
+CHECKS = (
+    (15, "cifar10", 0.0),
+    (15, "CBM3D", 0.0),
+    (25, "cifar10", 0.3),
+    (25, "CBM3D", 0.5),
+    (50, "cifar10", 0.3),
+    (50, "CBM3D", 0.5),
+)
+"""(sigma in /255, the method the photo model is compared with, the PSNR margin in dB it must reach)."""
+
+CBM3D_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import bm3d
+import numpy as np
+from PIL import Image
+
+sigma, source, target = float(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+for path in sorted(source.glob("*.png")):
+    noisy = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255
+    estimate = np.clip(bm3d.bm3d_rgb(noisy, sigma_psd=sigma), 0, 1)
+    Image.fromarray(np.round(estimate * 255).astype(np.uint8)).save(target / path.name)
+"""
+"""CBM3D over a folder of noisy 8-bit PNGs (argv: sigma in pixel units, input folder, output folder)."""
+
+ESTIMATE = re.compile(r"^(?P<source>.+): estimated sigma (?P<sigma>[0-9.]+)", re.MULTILINE)
+"""The line ``sda denoise --sigma auto`` prints on stderr for each image."""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME=PATH",
+        default=None,
+        help="sda checkpoints to compare (default: cifar10=checkpoints/cifar10.safetensors, and "
+        "photo=checkpoints/photo.safetensors if it exists); the checks need the names photo and cifar10",
+    )
+    parser.add_argument(
+        "--sigmas", nargs="+", type=float, default=[15.0, 25.0, 50.0], help="noise levels in /255 (e.g. 5 15 25 50)"
+    )
+    parser.add_argument("--count", type=int, default=18, help="photos (the first ones in name order)")
+    parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder of the McMaster TIFFs")
+    parser.add_argument("--no-bm3d", action="store_true", help="skip CBM3D")
+    parser.add_argument("--tile", type=int, default=None, help="--tile of sda denoise (default: the CLI's)")
+    parser.add_argument(
+        "--sigma-auto", action="store_true", help="also run the first model with --sigma auto and report its error"
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each command")
+    parser.add_argument("--work", type=Path, default=None, help="where the images go (default: a temp dir)")
+    parser.add_argument(
+        "--record", action="store_true", help="also write the tables as their section of benchmarks/RESULTS.md"
+    )
+    args = parser.parse_args()
+    if args.models is None:
+        args.models = ["cifar10=checkpoints/cifar10.safetensors"]
+        if (ROOT / "checkpoints" / "photo.safetensors").exists():
+            args.models.append("photo=checkpoints/photo.safetensors")
+    models: dict[str, Path] = {}
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--models takes NAME=PATH items, not {item!r}")
+        if name in models:
+            parser.error(f"--models: the name {name!r} is used twice")
+        model = Path(path) if Path(path).is_absolute() else ROOT / path
+        if not model.is_file():
+            parser.error(f"--models: {model} is not a file")
+        models[name] = model.resolve()
+    args.models = models
+    if any(s <= 0 for s in args.sigmas):
+        parser.error("--sigmas must be positive (in /255)")
+    args.sigmas = list(dict.fromkeys(args.sigmas))
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@dataclass
+class Run:
+    """One command's wall seconds, peak resident memory (MB) and standard error; ``error`` when it failed."""
+
+    seconds: float
+    memory: float
+    stderr: str
+    error: str | None = None
+
+
+def error_line(stderr: str) -> str:
+    """The command's ``error`` line, else a traceback's last line, else its first non-empty line of stderr."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error")]
+    if errors:
+        return errors[0]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]
+    return lines[0] if lines else "no message"
+
+
+def run(command: list[str], threads: int) -> Run:
+    """Run ``command`` in a fresh process from the repository root: wall seconds, and its peak RSS from
+    ``os.wait4`` (the resource usage of that one child)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        text = stderr.read()
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, kilobytes on Linux
+    result = Run(seconds, usage.ru_maxrss / scale, text)
+    if process.returncode != 0:
+        result.error = f"n/a ({error_line(text)})"
+    return result
+
+
+def sda(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sda_cli", *args]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images and metrics
+
+
+def natural_key(path: Path) -> tuple[int, int | str]:
+    """Sort ``2.tif`` before ``10.tif``: numeric names by value, then the others by name."""
+    return (0, int(path.stem)) if path.stem.isdigit() else (1, path.stem)
+
+
+def write_clean(photos: Path, count: int, folder: Path) -> list[str]:
+    """The first ``count`` photos as 8-bit RGB PNGs in ``folder``, named so that sorted order is the natural one."""
+    files = sorted((p for p in photos.iterdir() if p.suffix.lower() in (".tif", ".tiff")), key=natural_key)
+    if len(files) < count:
+        raise SystemExit(f"{photos}: {len(files)} TIFF photos, fewer than --count {count}")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for rank, path in enumerate(files[:count], start=1):
+        name = f"{rank:02d}_{path.stem}.png"
+        Image.open(path).convert("RGB").save(folder / name)
+        names.append(name)
+    return names
+
+
+def read(path: Path) -> np.ndarray:
+    """An 8-bit PNG as float ``(H, W, 3)`` pixels in [0, 1]."""
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255
+
+
+@dataclass
+class Row:
+    """One method at one sigma; ``sigma_error`` only for ``--sigma auto``."""
+
+    method: str
+    psnr: float | None = None
+    ssim: float | None = None
+    seconds_per_mp: float | None = None
+    memory: float | None = None
+    sigma_error: float | None = None
+    error: str | None = None
+
+
+def scores(folder: Path, clean: Path, names: list[str]) -> tuple[float, float]:
+    """Mean PSNR (dB, peak 1, per image) and mean SSIM of the PNGs ``names`` of ``folder`` against ``clean``."""
+    from skimage.metrics import structural_similarity
+
+    psnrs, ssims = [], []
+    for name in names:
+        estimate, truth = read(folder / name), read(clean / name)
+        psnrs.append(float(psnr(torch.from_numpy(estimate)[None], torch.from_numpy(truth)[None])[0]))
+        ssims.append(structural_similarity(estimate, truth, data_range=1, channel_axis=2))
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def measured(
+    method: str, command: list[str], out: Path, work: Path, names: list[str], args: argparse.Namespace
+) -> tuple[Row, Run]:
+    """Run one denoising command into ``out`` and score its files."""
+    out.mkdir(parents=True, exist_ok=True)  # an existing folder: the CLI writes OUT/<name> even for one input
+    result = run(command, args.threads)
+    if result.error is not None:
+        print(f"{method}: {result.error}", file=sys.stderr, flush=True)
+        return Row(method, error=result.error), result
+    megapixels = len(names) * args.megapixels_per_image
+    value, ssim = scores(out, work / "clean", names)
+    return Row(method, value, ssim, result.seconds / megapixels, result.memory), result
+
+
+def sigma_error(stderr: str, level: float, count: int) -> float | None:
+    """Mean |estimated − true| sigma in /255 over the images, from the ``estimated sigma`` lines."""
+    estimates = [float(m["sigma"]) * 255 for m in ESTIMATE.finditer(stderr)]
+    if len(estimates) != count:
+        return None
+    return float(np.mean([abs(e - level) for e in estimates]))
+
+
+def measure_level(level: float, args: argparse.Namespace, work: Path, names: list[str]) -> list[Row]:
+    """The rows of one noise level (module docstring), printed as they come."""
+    sigma = f"{level:g}/255"
+    tag = f"{level:g}"
+    noisy = work / f"noisy_{tag}"
+    noisy.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        sda("noise", str(work / "clean"), "--sigma", sigma, "--seed", "0", "-o", str(noisy), "-q"),
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"sda noise failed at sigma {sigma}: {error_line(done.stderr)}")
+    rows = [Row("noisy input", *scores(noisy, work / "clean", names))]
+    if not args.no_bm3d:
+        command = [sys.executable, "-c", CBM3D_SCRIPT, repr(level / 255), str(noisy), str(work / f"cbm3d_{tag}")]
+        rows.append(measured("CBM3D", command, work / f"cbm3d_{tag}", work, names, args)[0])
+    tile = [] if args.tile is None else ["--tile", str(args.tile)]
+    for index, (name, model) in enumerate(args.models.items()):
+        for auto in (False, True) if args.sigma_auto and index == 0 else (False,):
+            out = work / f"sda_{name}{'_auto' if auto else ''}_{tag}"
+            command = sda("denoise", str(noisy), "--sigma", "auto" if auto else sigma, "--model", str(model))
+            command += ["-o", str(out), "--method", "mmse", "--precision", "fp32", "-q", *tile]
+            row, result = measured(f"sda {name}" + (", --sigma auto" if auto else ""), command, out, work, names, args)
+            if auto and row.error is None:
+                row.sigma_error = sigma_error(result.stderr, level, len(names))
+            rows.append(row)
+    for row in rows:
+        print(f"σ {sigma}: " + " | ".join(cells(row)), flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def cells(row: Row) -> list[str]:
+    if row.error is not None:
+        return [row.method, row.error, "—", "—", "—", "—"]
+    return [
+        row.method,
+        fmt(row.psnr, 2),
+        fmt(row.ssim, 4),
+        fmt(row.seconds_per_mp, 1),
+        fmt(row.memory, 0),
+        fmt(row.sigma_error, 2),
+    ]
+
+
+def shown_psnr(rows: list[Row], method: str) -> float | None:
+    """The PSNR of ``method`` as its table shows it (2 decimals), or None when it was not run or failed."""
+    for row in rows:
+        if row.method == method and row.psnr is not None:
+            return round(row.psnr, 2)
+    return None
+
+
+def checks(results: dict[float, list[Row]], models: dict[str, Path]) -> list[str]:
+    """One line per check of the issue, with PASS, FAIL or why it was not made."""
+    lines = []
+    for level, other, margin in CHECKS:
+        need = "no worse than" if margin == 0 else f"≥ {margin:.1f} dB above"
+        what = f"σ {level}/255: sda photo {need} {'sda cifar10' if other == 'cifar10' else other}"
+        needed = {"photo"} if other == "CBM3D" else {"photo", "cifar10"}
+        if not needed <= set(models):
+            lines.append(f"- {what}: not checked (needs --models {' and '.join(sorted(needed))})")
+            continue
+        if level not in results:
+            lines.append(f"- {what}: not checked (σ {level}/255 not in --sigmas)")
+            continue
+        photo = shown_psnr(results[level], "sda photo")
+        base = shown_psnr(results[level], "CBM3D" if other == "CBM3D" else "sda cifar10")
+        if photo is None or base is None:
+            lines.append(f"- {what}: not checked ({'CBM3D' if other == 'CBM3D' else 'a model'} did not run)")
+            continue
+        gap = photo - base
+        verdict = "PASS" if gap >= margin - 1e-9 else "FAIL"
+        lines.append(f"- {what}: {photo:.2f} − {base:.2f} = {gap:+.2f} dB: {verdict}")
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    if not args.no_bm3d:
+        try:
+            import bm3d  # noqa: F401
+        except ImportError as error:
+            raise SystemExit(f"bm3d is not installed ({error}): pip install bm3d, or pass --no-bm3d") from None
+    try:
+        import skimage  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(f"scikit-image is not installed ({error}): pip install scikit-image") from None
+    checkpoints = "; ".join(f"{name}: {checkpoint_line(path)}" for name, path in args.models.items())
+
+    results: dict[float, list[Row]] = {}
+    with work_folder(args.work, "sda-photos-") as work:
+        names = write_clean(args.photos, args.count, work / "clean")
+        height, width = read(work / "clean" / names[0]).shape[:2]
+        args.megapixels_per_image = height * width / 1e6
+        for level in args.sigmas:
+            results[level] = measure_level(level, args, work, names)
+
+    columns = ["method", "PSNR (dB)", "SSIM", "s/MP", "peak RSS (MB)", "σ̂ error (/255)"]
+    parts = [
+        header(TITLE, checkpoints),
+        f"The first {args.count} of the 18 McMaster photos ({width}×{height} RGB), 8-bit PNG noisy inputs "
+        "(clipped, quantised) from `sda noise --seed 0`; every method writes 8-bit PNGs, which are scored. "
+        "PSNR: peak 1, per image then averaged; SSIM: scikit-image, data_range=1, channel_axis=2. "
+        f"sda: `sda denoise --method mmse --precision fp32{'' if args.tile is None else f' --tile {args.tile}'}`; "
+        "CBM3D: `bm3d.bm3d_rgb(noisy, sigma_psd=σ)` with the true σ, in a Python command of its own. "
+        "s/MP: wall time of the whole command (process start, imports, model load and file I/O included, nothing "
+        "subtracted) per megapixel. Peak RSS: ru_maxrss of that process from os.wait4. "
+        f"OMP_NUM_THREADS={args.threads}. σ̂ error: mean |estimated − true σ| of `--sigma auto`, in /255.",
+    ]
+    for level, rows in results.items():
+        parts += ["", f"### σ = {level:g}/255", "", table(columns, [cells(row) for row in rows])]
+    parts += ["", "Checks (issue: Real photos: a photo prior; PSNRs as shown above):", *checks(results, args.models)]
+    text = "\n".join(parts)
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
+
+
+if __name__ == "__main__":
+    main()
