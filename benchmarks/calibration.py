@@ -217,7 +217,7 @@ def main() -> None:
                     header(FIT_TITLE, checkpoint_line(args.model)),
                     f"{args.fit_count} held-out CIFAR-10 test images (JPEG copies outside the exact 1,000), K = "
                     f"{args.samples} raw draws at {args.steps[0]} steps; the factors go into the checkpoint.\n",
-                    table(["sigma", "E|draw - m|² / E|x - m|²", "inflation λ"], rows),
+                    table(["sigma", "E‖draw − m‖² / E‖x − m‖²", "inflation λ"], rows),
                 ]
             )
             title = FIT_TITLE
