@@ -37,6 +37,7 @@ __all__ = [
     "build_denoiser",
     "check_config",
     "complete_config",
+    "file_version",
     "load_model",
     "load_state",
     "parameter_count",
@@ -185,7 +186,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _file_version(path: Path) -> tuple[int, int, int] | None:
+def file_version(path: Path) -> tuple[int, int, int] | None:
     """Inode, size and modification time: which version of ``path`` is in place, or None if there is none."""
     try:
         status = path.stat()
@@ -204,19 +205,19 @@ def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, Ten
     for _ in range(READ_ATTEMPTS):
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint; train one with `sda train` or pass --model FILE")
-        before = _file_version(path)
+        before = file_version(path)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 config = _parse_metadata(path, handle.metadata() or {})
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()} if with_tensors else {}
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:  # CheckpointError is a ValueError
-            if _file_version(path) != before:
+            if file_version(path) != before:
                 continue
             if isinstance(error, CheckpointError):
                 raise
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
-        if _file_version(path) == before:
+        if file_version(path) == before:
             return config, tensors
     raise CheckpointError(f"{path}: the file was replaced {READ_ATTEMPTS} times while being read; try again")
 

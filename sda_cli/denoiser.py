@@ -12,10 +12,12 @@ Parametrisations of :math:`\hat{x}(x_t, t) \approx \mathbb{E}[x \mid x_t]`:
   :math:`c_\text{out} = \rho\sigma_d/\sqrt{\rho^2+\sigma_d^2}`, :math:`\sigma_d = 0.5`; loss
   :math:`\lVert F - (x - c_\text{skip} z)/c_\text{out} \rVert^2`, i.e. weight :math:`1/c_\text{out}^2` on the
   :math:`\hat{x}` error.
-* ``v`` (Salimans & Ho, 2022): the same with :math:`\sigma_d = 1`, which on a variance-preserving
-  schedule is exactly the prediction of :math:`v = \alpha_t \varepsilon - \sigma_t x`.
-* ``eps`` (Ho et al., 2020): :math:`F` predicts :math:`\varepsilon` from :math:`c_\text{in} z` and
-  :math:`\hat{x} = z - \rho \hat{\varepsilon}`; loss :math:`\lVert F - \varepsilon \rVert^2`.
+* ``v`` (Salimans & Ho, 2022): the same with :math:`\sigma_d = 1`; its target
+  :math:`(\rho x - \varepsilon)/\sqrt{\rho^2+1}` is, on a variance-preserving schedule, exactly
+  :math:`-v` with :math:`v = \alpha_t \varepsilon - \sigma_t x`.
+* ``eps`` (Ho et al., 2020): :math:`F` predicts :math:`\varepsilon` from :math:`c_\text{in} z` with
+  :math:`c_\text{in} = 1/\sqrt{\rho^2+1}`, and :math:`\hat{x} = z - \rho \hat{\varepsilon}`; loss
+  :math:`\lVert F - \varepsilon \rVert^2`.
 
 The other two views follow by identity (Vincent, 2011; Song et al., 2021):
 

@@ -1,4 +1,9 @@
-"""Every command end to end, as a user runs it, on the tiny model trained by the session fixture."""
+"""Every command end to end, as a user runs it, on the tiny model trained by the session fixture.
+
+Most runs call ``sda_cli.cli.main`` in this process (``run_sda`` in conftest.py: the same argument parsing, one-line
+errors and exit codes as the ``sda`` script); a few start a new Python (``sda_process``), as a user's shell does, to
+check the exit codes of the real process and that a run in a new process writes the same values as one in this one.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Run, run_sda
 from PIL import Image
 from safetensors.torch import load_file
 
 from sda_cli.checkpoint import read_metadata
 from sda_cli.cli import command_seed
 
+sda = run_sda
 
-def sda(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+
+def sda_process(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m sda_cli ARGS`` in a new process (the timeout only guards against a hang)."""
     command = [sys.executable, "-m", "sda_cli", *map(str, args)]
     # one intra-op thread, as in conftest: on a busy machine, threads waiting for each other are many times slower
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "SDA_DEBUG"} | {"OMP_NUM_THREADS": "1", "SDA_NO_DOWNLOAD": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-def ok(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def ok(*args: str | Path) -> Run:
     result = sda(*args)
     assert result.returncode == 0, result.stderr
     return result
@@ -97,9 +106,14 @@ def test_each_command_draws_from_its_own_stream_for_one_seed(tmp_path: Path) -> 
 def test_noise_then_denoise_mmse_improves_and_is_deterministic(
     tmp_path: Path, tiny_model: Path, image_dir: Path
 ) -> None:
+    """In new processes, as from a shell; the same denoise in this process writes the same values."""
     source = image_dir / "img_000.png"
-    ok("noise", source, "--sigma", "0.2", "-o", tmp_path / "noisy.npy", "--seed", "0")
-    ok("denoise", tmp_path / "noisy.npy", "--sigma", "0.2", "-o", tmp_path / "out.npy", "--model", tiny_model)
+    for args in [
+        ("noise", source, "--sigma", "0.2", "-o", tmp_path / "noisy.npy", "--seed", "0"),
+        ("denoise", tmp_path / "noisy.npy", "--sigma", "0.2", "-o", tmp_path / "out.npy", "--model", tiny_model),
+    ]:
+        result = sda_process(*args)
+        assert result.returncode == 0, result.stderr
     ok("denoise", tmp_path / "noisy.npy", "--sigma", "0.2", "-o", tmp_path / "again.npy", "--model", tiny_model)
     clean, noisy = pixels(source), np.load(tmp_path / "noisy.npy")
     out = np.load(tmp_path / "out.npy")
@@ -217,6 +231,24 @@ def test_bad_input_gets_one_line_and_exit_code(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message, code",
+    [
+        (["noise", "{img}", "--sigma", "25", "-o", "{tmp}/x.png"], "did you mean 25/255", 2),
+        (["noise", "{tmp}/absent.png", "--sigma", "0.1", "-o", "{tmp}/x.png"], "absent.png", 1),
+    ],
+)
+def test_a_new_process_exits_with_the_code_and_one_line(
+    tmp_path: Path, image_dir: Path, args: list[str], message: str, code: int
+) -> None:
+    """The exit code as a shell sees it, from ``python -m sda_cli``."""
+    result = sda_process(*(a.format(img=image_dir / "img_000.png", tmp=tmp_path) for a in args))
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert result.stdout == ""
 
 
 def test_one_bad_file_among_many_is_skipped_and_reported(tmp_path: Path, image_dir: Path) -> None:

@@ -15,8 +15,14 @@ from scipy.stats import truncnorm
 from test_cli import ok, sda
 
 from sda_cli.clipping import censored_mean, impute_clipped, local_mean
-from sda_cli.posterior import mmse
 from sda_cli.schedule import make_schedule
+
+
+def mmse(oracle: GaussianDenoiser, y: torch.Tensor, sigma_y: float) -> torch.Tensor:
+    """The exact posterior mean :math:`\\mathbb{E}[x \\mid y]` of :math:`y = x + \\sigma_y n` for the oracle's Gaussian
+    (its closed form), in the shape and dtype of ``y``."""
+    mean, _ = oracle.posterior(y.reshape(len(y), -1), sigma_y)
+    return mean.to(y.dtype).reshape(y.shape)
 
 
 @pytest.mark.parametrize("mean", [-3.0, -1.0, 0.0, 0.4, 2.0, 8.0])

@@ -1,5 +1,8 @@
 """Bad input through the real CLI: one line on stderr (``error: ...``), the documented exit code, no traceback.
 
+The runs call ``sda_cli.cli.main`` in this process (``run_sda`` in conftest.py), as the ``sda`` script does; exit codes
+seen from a new process are checked in test_cli.py and test_interrupt.py.
+
 Exit codes (README): 1 a file, checkpoint or data set could not be used; 2 a bad option value or usage.
 Cases that test_cli.py already covers (negative, zero and NaN sigma, ``1/0``, ``25``, a missing input, an output
 that overwrites its input, a missing or non-safetensors model, a folder without images) are not repeated here.
@@ -12,39 +15,34 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import Run, run_sda
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import sda_cli.checkpoint
-import sda_cli.cli
 import sda_cli.images
 from sda_cli.checkpoint import CheckpointError, load_model, parameter_count, read_metadata, save_model
 from sda_cli.images import ImageError, read_image, write_image
 from sda_cli.unet import UNet, UNetConfig
 
 
-def sda(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def sda(*args: str | Path, env: dict[str, str] | None = None) -> Run:
     """Run the CLI as a user does; never downloads, and shows tracebacks only when ``env`` asks."""
-    command = [sys.executable, "-m", "sda_cli", *map(str, args)]
-    environment = {k: v for k, v in os.environ.items() if k != "SDA_DEBUG"} | (env or {})
-    environment |= {"SDA_NO_DOWNLOAD": "1", "OMP_NUM_THREADS": "1"}  # one thread: see tests/test_cli.py
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    return run_sda(*args, env=env)
 
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
 
-def assert_one_line(result: subprocess.CompletedProcess[str], message: str, code: int) -> None:
+def assert_one_line(result: Run, message: str, code: int) -> None:
     lines = error_lines(result.stderr)
     assert result.returncode == code, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
@@ -102,7 +100,7 @@ def bad(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, image_dir: P
 
 
 @pytest.fixture(scope="module")
-def grey_model(tmp_path_factory: pytest.TempPathFactory, image_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
+def grey_model(tmp_path_factory: pytest.TempPathFactory, image_dir: Path) -> tuple[Path, Run]:
     """A 1-channel model trained from a folder that also holds two unreadable image files."""
     data = tmp_path_factory.mktemp("mixed")
     for source in sorted(image_dir.glob("*.png"))[:8]:
@@ -261,7 +259,7 @@ def test_every_mode_and_size_is_denoised(tmp_path: Path, tiny_model: Path) -> No
     Image.fromarray(rgb).convert("CMYK").save(inputs / "cmyk.jpg")
     Image.fromarray(rgb).convert("CMYK").save(inputs / "cmyk.tif")
     Image.fromarray(rng.integers(0, 65536, (12, 10), dtype=np.uint16)).save(inputs / "grey16.png")
-    write_image(inputs / "rgb16.png", torch.rand(3, 12, 10), bits=16)
+    write_image(inputs / "rgb16.png", torch.from_numpy(rng.random((3, 12, 10), dtype=np.float32)), bits=16)
     Image.fromarray(rng.integers(0, 256, (12, 10, 4), dtype=np.uint8), "RGBA").save(inputs / "rgba.png")
     Image.fromarray(rng.integers(0, 256, (12, 10, 2), dtype=np.uint8), "LA").save(inputs / "la.png")
     Image.fromarray(rng.integers(0, 2, (12, 10), dtype=bool)).save(inputs / "bilevel.png")
@@ -340,21 +338,11 @@ def test_full_disk_keeps_the_old_checkpoint_and_no_temporary(
     assert target.read_bytes() == tiny_model.read_bytes() and [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["sda", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        sda_cli.cli.main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def test_full_disk_through_the_cli(
-    tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("SDA_DEBUG", raising=False)
+def test_full_disk_through_the_cli(tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sda_cli.images, "_save_pillow", _no_space)
     target = tmp_path / "x.png"
-    code, err = run_main(monkeypatch, capsys, "noise", image_dir / "img_000.png", "--sigma", "0.1", "-o", target)
-    assert code == 1 and error_lines(err) == [
+    result = sda("noise", image_dir / "img_000.png", "--sigma", "0.1", "-o", target)
+    assert result.returncode == 1 and error_lines(result.stderr) == [
         f"error: {target}: cannot write the image (no space left on the device); "
         "free some space or choose another output; any previous file is kept"
     ]
@@ -362,9 +350,8 @@ def test_full_disk_through_the_cli(
 
 
 def test_full_disk_during_training_keeps_the_last_checkpoint(
-    tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("SDA_DEBUG", raising=False)
     real_save, calls = sda_cli.checkpoint.save_file, []
 
     def fill_up(*args: object, **kwargs: object) -> None:
@@ -375,16 +362,16 @@ def test_full_disk_during_training_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(sda_cli.checkpoint, "save_file", fill_up)
     out = tmp_path / "m.safetensors"
-    code, err = run_main(
-        monkeypatch, capsys, "train", "--dataset", image_dir, "--image-size", "16", "--widths", "8,16",
+    result = sda(
+        "train", "--dataset", image_dir, "--image-size", "16", "--widths", "8,16",
         "--blocks", "1", "--attention", "1", "--steps", "3", "--batch-size", "2", "--checkpoint-every", "1",
         "-o", out, "-q",
     )  # fmt: skip
-    lines = [line for line in error_lines(err) if line.startswith("error")]
-    assert code == 1 and lines == [
+    lines = [line for line in error_lines(result.stderr) if line.startswith("error")]
+    assert result.returncode == 1 and lines == [
         f"error: {out}: cannot write the checkpoint (no space left on the device); "
         "free some space or choose another output; any previous file is kept"
-    ], err
+    ], result.stderr
     assert read_metadata(out)["training"]["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

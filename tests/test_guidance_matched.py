@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 from oracle import CountingDenoiser, GaussianDenoiser, assert_gaussian, random_gaussian
-from scipy.stats import norm
 
 from sda_cli.guidance import MatchedPosterior, matched_time
 from sda_cli.sampler import make_sampler

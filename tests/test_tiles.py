@@ -144,6 +144,7 @@ def test_peak_memory_is_a_few_image_buffers() -> None:
         import resource, torch
         from sda_cli.tiles import map_tiles
         torch.set_num_threads(1)
+        torch.manual_seed(0)
         x = torch.rand(1, 3, 4096, 4096)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         y = map_tiles(lambda t: t * 2.0, x, 256, 32)

@@ -8,6 +8,7 @@ CONFIG = UNetConfig(channels=3, widths=(16, 32, 32), blocks=1, attention_levels=
 
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 3, 17, 23), (1, 3, 5, 3), (3, 3, 32, 8)])
 def test_any_size_gives_same_size(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
     net = UNet(CONFIG)
     torch.nn.init.normal_(net.head[-1].weight)  # the output layer starts at zero; make it visible
     out = net(torch.randn(shape), torch.zeros(shape[0]))
@@ -26,6 +27,7 @@ def test_odd_sizes_are_padded_by_reflection_and_cropped() -> None:
 
 
 def test_noise_feature_changes_output() -> None:
+    torch.manual_seed(0)
     net = UNet(CONFIG)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.05)

@@ -1,0 +1,76 @@
+"""The photo model's pieces: random dihedral crops of full-size photos, the space-to-depth stem, the local network,
+and training and denoising with them from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import run_sda
+from PIL import Image
+
+from sda_cli.data import photo_folder
+from sda_cli.unet import UNet, UNetConfig
+
+LOCAL = UNetConfig(channels=3, widths=(8, 16), blocks=1, attention_levels=(), patch=2, norm="none")
+
+
+def test_crops_are_windows_turned_by_the_eight_dihedral_maps(tmp_path: Path) -> None:
+    """Crops of a whole 6x6 image are exactly its 8 flips and rotations, each drawn; crops of a larger image are
+    windows of it, turned."""
+    values = np.arange(6 * 6 * 3, dtype=np.uint8).reshape(6, 6, 3)
+    Image.fromarray(values).save(tmp_path / "a.png")
+    data = photo_folder(tmp_path, crop=6)
+    batch = data.batch(400, torch.Generator().manual_seed(0))
+    image = torch.from_numpy(values).permute(2, 0, 1).float().div(127.5).sub(1)
+    maps = [image.rot90(k, (1, 2)) for k in range(4)]
+    maps += [m.flip(-1) for m in maps]
+    seen = {next(i for i, m in enumerate(maps) if torch.equal(crop, m)) for crop in batch}
+    assert seen == set(range(8))
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "a.png").unlink()
+    big = photo_folder(tmp_path, crop=8)
+    full = big.images[0].float().div(127.5).sub(1)
+    windows = full.unfold(1, 8, 1).unfold(2, 8, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 8, 8)
+    for crop in big.batch(20, torch.Generator().manual_seed(2)):
+        turns = [crop.flip(-1).rot90(-k, (1, 2)) for k in range(4)] + [crop.rot90(-k, (1, 2)) for k in range(4)]
+        assert any(bool((windows == turn).all(dim=(1, 2, 3)).any()) for turn in turns)
+
+
+def test_local_network_output_does_not_see_far_pixels() -> None:
+    """With the pixel-unshuffle stem, no attention and no group norm, the network is local: changing the image far
+    from a pixel leaves that pixel's output unchanged; with group norm it would change everywhere."""
+    torch.manual_seed(0)
+    for norm, local in (("none", True), ("group", False)):
+        config = UNetConfig(**{**LOCAL.to_dict(), "norm": norm, "groups": 4})
+        network = UNet(config).eval()
+        for parameter in network.parameters():  # zero-initialised output layers would hide any dependence
+            torch.nn.init.normal_(parameter, std=0.2)
+        z = torch.randn(1, 3, 96, 96)
+        far = z.clone()
+        far[..., :8, :8] += 5.0
+        with torch.no_grad():
+            out, moved = network(z, torch.zeros(1)), network(far, torch.zeros(1))
+        assert out.shape == z.shape
+        corner = (out[..., 80:, 80:] - moved[..., 80:, 80:]).abs().max()
+        assert (float(corner) == 0.0) == local, (norm, float(corner))
+
+
+def test_train_and_denoise_a_photo_model(tmp_path: Path, image_dir: Path) -> None:
+    """``sda train --crop --patch --norm none --attention none`` writes a model that records them, and ``sda denoise``
+    runs it on an image larger than its crops and its tiles."""
+    model = tmp_path / "photo.safetensors"
+    result = run_sda("train", "--dataset", image_dir, "--crop", "16", "--patch", "2", "--widths", "8,16",
+                     "--blocks", "1", "--attention", "none", "--norm", "none", "--steps", "2", "--batch-size", "4",
+                     "--checkpoint-every", "2", "-o", model, "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    info = run_sda("info", model)
+    assert '"patch": 2' in info.stdout and '"norm": "none"' in info.stdout and '"attention_levels": []' in info.stdout
+    noisy = tmp_path / "noisy.npy"
+    np.save(noisy, np.random.default_rng(0).uniform(0, 1, (72, 80, 3)).astype(np.float32))
+    result = run_sda("denoise", noisy, "--sigma", "0.1", "--model", model, "--tile", "32", "-o", tmp_path / "out.npy")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "out.npy").shape == (72, 80, 3)
+    bad = run_sda("train", "--dataset", image_dir, "--crop", "14", "--patch", "2", "--widths", "8,16", "-o", model)
+    assert bad.returncode == 2 and "--crop must be a multiple of 4" in bad.stderr
