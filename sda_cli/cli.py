@@ -62,6 +62,8 @@ class UsageError(ValueError):
 MAX_SEED = 2**63 - 1
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 DOWNLOAD_TIMEOUT = 60.0
+TILES_WORTH_A_BAR = 50
+"""Network evaluations of tiles (or small images) above which ``denoise`` shows a bar of them: a few seconds."""
 """Seconds without an answer before a CIFAR-10 download gives up."""
 
 _debug = False
@@ -496,8 +498,14 @@ def denoise_command(
         ),
     ] = "auto",
     tile: Annotated[
-        int, typer.Option(min=32, max=4096, help="Larger images are denoised in overlapping tiles of this side.")
-    ] = restore.TILE,
+        int | None,
+        typer.Option(
+            min=32,
+            max=4096,
+            help=f"Larger images are denoised in overlapping tiles of this side [default: {restore.LOCAL_TILE} for a "
+            f"local network (no norm, no attention), else {restore.TILE}].",
+        ),
+    ] = None,
     clipped: Annotated[
         str,
         typer.Option(
@@ -561,10 +569,17 @@ def denoise_command(
     failures = _Failures()
     budget = max(1, restore.PIXELS_PER_CALL // draws)
 
-    with _progress(quiet or len(pairs) < 2) as progress:
-        task = progress.add_task("denoise", total=len(pairs))
+    with _progress(quiet) as progress:
+        task = progress.add_task("denoise", total=len(pairs), visible=len(pairs) > 1)
+        tiles = progress.add_task("tiles", total=None, visible=False)
+
+        def show_tiles(done: int, total: int) -> None:
+            """A bar of tiles done and time left, for an image in many tiles or many small images at once."""
+            progress.update(tiles, completed=done, total=total, visible=total >= TILES_WORTH_A_BAR)
+
         for batch in _batches(pairs, max_pixels, budget, failures):
             group = list(_with_sigma(batch, value, denoiser, failures))
+            progress.reset(tiles, total=None, visible=False)
             if group:
                 try:
                     estimate, spread = restore.denoise(
@@ -579,6 +594,7 @@ def denoise_command(
                         tile=tile,
                         inflation=factor,
                         generator=generator,
+                        progress=show_tiles,
                         **options,
                     )
                 except (ValueError, RuntimeError) as error:  # an RGB image on a grey model; too little memory

@@ -31,7 +31,7 @@ from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse, MatchedPoster
 from sda_cli.inflation import inflate, inflation_factor
 from sda_cli.sampler import DenoiserLike
 from sda_cli.seeds import seeded_generator
-from sda_cli.tiles import map_tiles, map_tiles_vjp
+from sda_cli.tiles import map_tiles, map_tiles_vjp, tile_starts
 
 __all__ = [
     "DEFAULT_SAMPLES",
@@ -40,6 +40,7 @@ __all__ = [
     "TiledDenoiser",
     "check_sigma",
     "default_steps",
+    "default_tile",
     "denoise",
     "match_channels",
 ]
@@ -69,7 +70,20 @@ BACKWARD_FACTOR = 4
 """``sda``'s backward pass holds about 4× the activations of a forward pass: its calls take 1/4 of the pixels."""
 
 TILE = 64
-"""Default tile side: images larger than this are evaluated in overlapping tiles."""
+"""Default tile side of a network that sees its whole input (group norm, attention): images larger than this are
+evaluated in overlapping tiles."""
+
+LOCAL_TILE = 256
+"""Default tile side of a local network (no norm, no attention; ``sda_cli.unet``): a tile gives the same output as
+the whole image away from its edges, so large tiles lose nothing and spend less on overlaps; 256² pixels is one
+network call (:data:`PIXELS_PER_CALL`)."""
+
+
+def default_tile(model: Denoiser) -> int:
+    """The tile side ``denoise`` uses when none is given: :data:`LOCAL_TILE` for a local network, else :data:`TILE`."""
+    config = model.backbone.config
+    local = getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
+    return LOCAL_TILE if local else TILE
 
 
 def default_steps(method: str) -> int | None:
@@ -87,9 +101,31 @@ class TiledDenoiser:
     sampler draws one noise field per image and its draws have no seams: only :math:`\hat{x}` is stitched.
     """
 
-    def __init__(self, denoiser: DenoiserLike, tile: int, overlap: int, batch_pixels: int) -> None:
+    def __init__(
+        self,
+        denoiser: DenoiserLike,
+        tile: int,
+        overlap: int,
+        batch_pixels: int,
+        on_tiles: Callable[[int], None] | None = None,
+    ) -> None:
         self.denoiser, self.tile, self.overlap, self.batch_pixels = denoiser, tile, overlap, batch_pixels
         self.schedule = denoiser.schedule
+        self.on_tiles = on_tiles
+        """Called after each network call with the number of tiles (or small images) it evaluated."""
+
+    def tiles_per_image(self, height: int, width: int) -> int:
+        """Tiles in one evaluation of an image of this size (1 when it is not tiled)."""
+        return len(tile_starts(height, self.tile, self.overlap)) * len(tile_starts(width, self.tile, self.overlap))
+
+    def _network(self, t: float) -> Callable[[Tensor], Tensor]:
+        def network(z: Tensor) -> Tensor:
+            out = self.denoiser(z, t)
+            if self.on_tiles is not None:
+                self.on_tiles(z.shape[0])
+            return out
+
+        return network
 
     def _chunks(self, x: Tensor) -> list[slice]:
         per_call = max(1, self.batch_pixels // (x.shape[-2] * x.shape[-1]))
@@ -99,9 +135,7 @@ class TiledDenoiser:
         return x.shape[-2] <= self.tile and x.shape[-1] <= self.tile
 
     def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
-        def network(z: Tensor) -> Tensor:
-            return self.denoiser(z, t)
-
+        network = self._network(t)
         with torch.no_grad():
             if self._small(x_t):
                 return torch.cat([network(x_t[part]) for part in self._chunks(x_t)])
@@ -110,10 +144,7 @@ class TiledDenoiser:
     def mean_and_vjp(self, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         r""":math:`\hat{x}` and :math:`J^\top v`, :math:`v` = ``cotangent(x_hat)``: in one pass when it fits one
         call, else a pass for :math:`\hat{x}` and a second, tile by tile, for the product (memory stays bounded)."""
-
-        def network(z: Tensor) -> Tensor:
-            return self.denoiser(z, t)
-
+        network = self._network(t)
         if self._small(x_t) and len(self._chunks(x_t)) == 1:
             with torch.enable_grad():
                 x = x_t.detach().requires_grad_(True)
@@ -184,7 +215,7 @@ def _method(
 
 
 def _draws(
-    model: Denoiser,
+    denoiser: TiledDenoiser,
     y: Tensor,
     sigma_y: float,
     method: str,
@@ -192,13 +223,10 @@ def _draws(
     steps: int | None,
     options: dict[str, float],
     generator: torch.Generator,
-    tile: int,
     factor: float,
 ) -> Tensor:
     """``(K, B, C, H, W)`` draws (``mmse``: its one estimate) of a batch of observations in model units; draws of the
     exact posterior inflated by ``factor`` about the posterior mean (one more evaluation)."""
-    per_call = PIXELS_PER_CALL // (BACKWARD_FACTOR if method == "sda" else 1)
-    denoiser = TiledDenoiser(model, tile, tile // 8, per_call)
     if method == "mmse":
         return MatchedPosterior(denoiser, y, sigma_y).mean().unsqueeze(0)
     repeated = y.unsqueeze(0).expand(samples, *y.shape).reshape(samples * y.shape[0], *y.shape[1:])
@@ -219,10 +247,11 @@ def denoise(
     steps: int | None = None,
     bit_depth: int | None = None,
     clipped: str = "auto",
-    tile: int = TILE,
+    tile: int | None = None,
     inflation: float | str = "auto",
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **options: float,
 ) -> tuple[Tensor, Tensor | None]:
     r"""Denoise images with white Gaussian noise of level ``sigma``: the estimate and the draws' standard deviation.
@@ -238,10 +267,11 @@ def denoise(
         bit_depth: 8 or 16 when the pixels come from an integer file (clipped to [0, 1] and quantised), ``None`` for
             float data.
         clipped: ``auto`` (impute clipped pixels of integer files), ``on`` (of any input) or ``off``.
-        tile: images larger than this are evaluated in overlapping tiles.
+        tile: images larger than this are evaluated in overlapping tiles (default: :func:`default_tile`).
         inflation: the factor by which draws of ``posterior`` and ``mean`` move away from the posterior mean:
             ``auto`` (the model's calibrated factor at this sigma, 1 if it has none) or a number (1: raw draws).
         seed: the seed of ``sda denoise --seed`` (same numbers as the command line); or pass ``generator``.
+        progress: called after each network call with the tiles (or small images) evaluated so far and in all.
         options: the method's own options (:data:`METHOD_OPTIONS`): ``levels``, ``step_size``, ``t_start``,
             ``strength``, ``gamma``, ``corrections``, ``tau``.
 
@@ -278,6 +308,23 @@ def denoise(
         generator, _ = seeded_generator(seed, "denoise", device)
     step = _quantisation_step(clipped, bit_depth)
     channels = model.backbone.config.channels
+    per_call = PIXELS_PER_CALL // (BACKWARD_FACTOR if method == "sda" else 1)
+    side = default_tile(model) if tile is None else tile
+    denoiser = TiledDenoiser(model, side, side // 8, per_call)
+    if progress is not None:
+        calibrated = getattr(model, "inflation", ())
+        factors = {inflation_factor(calibrated, level) if inflation == "auto" else inflation for level in levels}
+        inflating = method in ("posterior", "mean") and factors != {1.0}
+        shape = (batch.shape[0], channels, *batch.shape[-2:])
+        per_image = _tiles_per_image(denoiser, shape, method, draws, steps, options, 2 * levels[0], inflating)
+        total, done = per_image * batch.shape[0], 0
+
+        def count(tiles: int) -> None:
+            nonlocal done
+            done += tiles
+            progress(done, total)
+
+        denoiser.on_tiles = count
 
     estimate: Tensor | None = None
     spread: Tensor | None = None
@@ -289,7 +336,7 @@ def denoise(
             y = impute_clipped(y, sigma_y, step=step)
         observed, sigma_obs, back = match_channels(y, sigma_y, channels, generator)
         factor = inflation_factor(getattr(model, "inflation", ()), level) if inflation == "auto" else float(inflation)
-        drawn = back(_draws(model, observed, sigma_obs, method, draws, steps, options, generator, tile, factor))
+        drawn = back(_draws(denoiser, observed, sigma_obs, method, draws, steps, options, generator, factor))
         value = drawn.mean(0) if method == "mean" else drawn[0]
         if estimate is None:
             estimate = torch.empty((batch.shape[0], *value.shape[1:]), device=device)
@@ -301,6 +348,29 @@ def denoise(
     if single:
         return estimate[0], None if spread is None else spread[0]
     return estimate, spread
+
+
+def _tiles_per_image(
+    denoiser: TiledDenoiser,
+    shape: tuple[int, ...],
+    method: str,
+    samples: int,
+    steps: int | None,
+    options: dict[str, float],
+    sigma_y: float,
+    inflating: bool,
+) -> int:
+    """Tiles (or, for images no larger than a tile, images) that the network evaluates to denoise one image: the
+    method's evaluations times its draws, twice for ``sda`` when the backward pass is split (:class:`TiledDenoiser`),
+    and one more evaluation for inflated draws."""
+    tiles = denoiser.tiles_per_image(shape[-2], shape[-1])
+    if method == "mmse":
+        return tiles
+    probe = torch.zeros(1, shape[1], 1, 1)
+    evaluations = _method(method, denoiser, probe, sigma_y, steps, options).nfe
+    one_call = samples * shape[0] * shape[2] * shape[3] <= denoiser.batch_pixels
+    split = method == "sda" and (tiles > 1 or not one_call)
+    return tiles * (evaluations * samples * (2 if split else 1) + int(inflating))
 
 
 def _quantisation_step(clipped: str, bit_depth: int | None) -> float | None:
