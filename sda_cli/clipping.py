@@ -90,9 +90,9 @@ def impute_clipped(
     at_low, at_high = y <= low + step / 4, y >= high - step / 4
     if rounds < 1 or not (at_low.any() or at_high.any()):
         return y
-    imputed = y
+    imputed = y.clone()
     for _ in range(rounds):
-        x_hat = estimate(imputed)
-        imputed = torch.where(at_low, censored_mean(x_hat, sigma_y, below=low + step / 2), imputed)
-        imputed = torch.where(at_high, censored_mean(x_hat, sigma_y, above=high - step / 2), imputed)
+        x_hat = estimate(imputed)  # the censored means are computed at the clipped pixels only
+        imputed[at_low] = censored_mean(x_hat[at_low], sigma_y, below=low + step / 2)
+        imputed[at_high] = censored_mean(x_hat[at_high], sigma_y, above=high - step / 2)
     return imputed

@@ -73,17 +73,18 @@ TILE = 64
 """Default tile side of a network that sees its whole input (group norm, attention): images larger than this are
 evaluated in overlapping tiles."""
 
-LOCAL_TILE = 256
-"""Default tile side of a local network (no norm, no attention; ``sda_cli.unet``): a tile gives the same output as
-the whole image away from its edges, so large tiles lose nothing and spend less on overlaps; 256² pixels is one
-network call (:data:`PIXELS_PER_CALL`)."""
+LOCAL_TILE = 512
+"""Default tile side of a local network (no norm, no attention; ``sda_cli.unet``): a tile gives the output of the
+whole image away from its edges, so large tiles with a narrow overlap (1/16 of the side) lose nothing and spend
+little on overlaps (``benchmarks/RESULTS.md``, photo model)."""
 
 
-def default_tile(model: Denoiser) -> int:
-    """The tile side ``denoise`` uses when none is given: :data:`LOCAL_TILE` for a local network, else :data:`TILE`."""
+def default_tile(model: Denoiser) -> tuple[int, int]:
+    """The tile side and overlap ``denoise`` uses when no tile is given: :data:`LOCAL_TILE` and 1/16 of it for a
+    local network, else :data:`TILE` and 1/8 of it."""
     config = model.backbone.config
     local = getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
-    return LOCAL_TILE if local else TILE
+    return (LOCAL_TILE, LOCAL_TILE // 16) if local else (TILE, TILE // 8)
 
 
 def default_steps(method: str) -> int | None:
@@ -309,8 +310,8 @@ def denoise(
     step = _quantisation_step(clipped, bit_depth)
     channels = model.backbone.config.channels
     per_call = PIXELS_PER_CALL // (BACKWARD_FACTOR if method == "sda" else 1)
-    side = default_tile(model) if tile is None else tile
-    denoiser = TiledDenoiser(model, side, side // 8, per_call)
+    side, overlap = default_tile(model) if tile is None else (tile, tile // 8)
+    denoiser = TiledDenoiser(model, side, overlap, per_call)
     if progress is not None:
         calibrated = getattr(model, "inflation", ())
         factors = {inflation_factor(calibrated, level) if inflation == "auto" else inflation for level in levels}
