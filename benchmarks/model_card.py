@@ -7,6 +7,7 @@ The samples come from the real CLI (``sda sample``), so the grid shows what a us
 Run from the repository root:
 
     python benchmarks/model_card.py --log checkpoints/cifar10.log.csv --model checkpoints/cifar10.safetensors
+    python benchmarks/model_card.py --log checkpoints/photo.log.csv --loss-name photo_loss.png --no-samples
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-samples", action="store_true")
+    parser.add_argument("--loss-name", default="loss.png", help="file name of the loss curve in --out-dir")
     args = parser.parse_args()
-    draw_curve(read_log(args.log), args.out_dir / "loss.png")
-    print(f"wrote {args.out_dir / 'loss.png'}")
+    draw_curve(read_log(args.log), args.out_dir / args.loss_name)
+    print(f"wrote {args.out_dir / args.loss_name}")
     if not args.no_samples:
         command = [
             sys.executable,
