@@ -66,12 +66,12 @@ import torch
 from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
 from PIL import Image
 
-from sda_cli import restore
 from sda_cli.checkpoint import load_model
 from sda_cli.data import cifar10
 from sda_cli.denoiser import Denoiser
 from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse
 from sda_cli.inflation import inflation_factor
+from sda_cli.restore import default_steps, denoise
 from sda_cli.seeds import seeded_generator
 
 TITLE = "Denoising methods: sda's posterior methods against classical denoisers"
@@ -110,7 +110,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--posterior-steps",
         type=int,
-        default=restore.default_steps("posterior"),
+        default=default_steps("posterior"),
         help="ancestral steps of posterior and mean",
     )
     parser.add_argument("--samples", type=int, default=8, help="K, the posterior samples averaged by mean")
@@ -239,7 +239,7 @@ def run_model(
     for start in range(0, len(noisy), batch):
         pixels = torch.from_numpy(noisy[start : start + batch]).permute(0, 3, 1, 2).float()
         started = time.perf_counter()
-        estimate, _ = restore.denoise(
+        estimate, _ = denoise(
             denoiser, pixels, sigma, method=method, bit_depth=8, clipped=clipped, generator=generator, **options
         )
         seconds += time.perf_counter() - started

@@ -11,7 +11,7 @@ The Python API gives the same numbers as the command line::
 
 from sda_cli.generate import sample
 from sda_cli.models import load_model
-from sda_cli.restore import denoise
+from sda_cli.restore import denoise, restore
 
-__all__ = ["denoise", "load_model", "sample"]
+__all__ = ["denoise", "load_model", "restore", "sample"]
 __version__ = "0.1.0"

@@ -10,23 +10,26 @@ import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
 
-from sda_cli import restore
 from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, parameter_count, read_metadata
 from sda_cli.denoiser import PARAMETRISATIONS, PRECISIONS, Denoiser
 from sda_cli.generate import DEFAULT_SAMPLER, sample
-from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse
+from sda_cli.guidance import DPS, MMPS, SDA, AnnealedLangevin, DiffPIR, GuidedReverse
 from sda_cli.images import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
     ImageError,
     LoadedImage,
     image_files,
@@ -37,6 +40,20 @@ from sda_cli.images import (
 )
 from sda_cli.models import CHECKPOINTS, SHIPPED, flops_per_pixel, load_model, pick_device, resolve_model
 from sda_cli.noise_level import estimate_sigma
+from sda_cli.operators import Kernel, LinearOperator, make_operator
+from sda_cli.restore import (
+    DEFAULT_SAMPLES,
+    LOCAL_TILE,
+    METHOD_OPTIONS,
+    METHODS,
+    PIXELS_PER_CALL,
+    RESTORE_METHODS,
+    TILE,
+    check_sigma,
+    default_steps,
+    denoise,
+    restore,
+)
 from sda_cli.sampler import DEFAULT_STEPS, SAMPLERS, make_sampler
 from sda_cli.seeds import command_seed, seeded_generator
 
@@ -78,6 +95,13 @@ Seed = Annotated[
     ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print the seed, device and model used.")]
+Bits = Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Precision = Annotated[
+    str, typer.Option(help="Network precision: auto (bf16 where the hardware runs it natively), bf16, fp16, fp32.")
+]
+Force = Annotated[bool, typer.Option(help="Allow an output to overwrite its input.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 MaxPixels = Annotated[
     int, typer.Option(min=1, help="Refuse images with more pixels (a guard against decompression bombs).")
 ]
@@ -261,7 +285,7 @@ def train_command(
     parametrisation: Annotated[str, typer.Option(help="edm, v or eps.")] = "edm",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every N steps.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's training state, or from OUT's weights.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (bf16 autocast where the hardware runs it natively), bf16, fp16 or fp32.")
     ] = "auto",
@@ -275,7 +299,7 @@ def train_command(
             help="Never download CIFAR-10: fail when no local copy is found (or set SDA_NO_DOWNLOAD=1).",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a score model by denoising score matching; writes OUT and OUT's training state.
 
@@ -396,11 +420,11 @@ def noise_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or folder for several inputs.")],
     sigma: Annotated[str, typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255).")],
     seed: Seed = None,
-    bits: Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")] = None,
-    force: Annotated[bool, typer.Option(help="Allow an output to overwrite its input.")] = False,
+    bits: Bits = None,
+    force: Force = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     verbose: Verbose = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Add white Gaussian noise: y = x + sigma * n, n ~ N(0, I) per pixel and channel.
 
@@ -467,9 +491,9 @@ def denoise_command(
         _sampling(
             min=1,
             max=10_000,
-            help=f"Sampler steps (posterior, mean: {restore.default_steps('posterior')}; guided: "
-            f"{restore.default_steps('guided')}; sda: {restore.default_steps('sda')}); langevin: steps per level "
-            f"({restore.default_steps('langevin')}).",
+            help=f"Sampler steps (posterior, mean: {default_steps('posterior')}; guided: "
+            f"{default_steps('guided')}; sda: {default_steps('sda')}); langevin: steps per level "
+            f"({default_steps('langevin')}).",
         ),
     ] = None,
     levels: Annotated[
@@ -502,8 +526,8 @@ def denoise_command(
         typer.Option(
             min=32,
             max=4096,
-            help=f"Larger images are denoised in overlapping tiles of this side [default: {restore.LOCAL_TILE} for a "
-            f"local network (no norm, no attention), else {restore.TILE}].",
+            help=f"Larger images are denoised in overlapping tiles of this side [default: {LOCAL_TILE} for a "
+            f"local network (no norm, no attention), else {TILE}].",
         ),
     ] = None,
     clipped: Annotated[
@@ -514,15 +538,13 @@ def denoise_command(
         ),
     ] = "auto",
     seed: Seed = None,
-    bits: Annotated[int | None, typer.Option(help="8 or 16 bits for PNG outputs (default: the input's).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[
-        str, typer.Option(help="Network precision: auto (bf16 where the hardware runs it natively), bf16, fp16, fp32.")
-    ] = "auto",
-    force: Annotated[bool, typer.Option(help="Allow an output to overwrite its input.")] = False,
+    bits: Bits = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    force: Force = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     verbose: Verbose = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Denoise images with additive white Gaussian noise of known (or estimated) sigma.
 
@@ -533,11 +555,11 @@ def denoise_command(
     """
     auto = sigma.strip().lower() == "auto"
     value = None if auto else parse_sigma(sigma)
-    if method not in restore.METHODS:
-        raise UsageError(f"--method must be one of {', '.join(restore.METHODS)}")
+    if method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if sampler_name != "ancestral":
         raise UsageError("--sampler must be ancestral for posterior samples (the others do not sample p(x | y))")
-    draws = samples or restore.DEFAULT_SAMPLES.get(method, 1)
+    draws = samples or DEFAULT_SAMPLES.get(method, 1)
     if method == "mmse" and (samples or 0) > 1:
         raise UsageError("--samples needs a sampling method: mmse is one estimate; use --method mean or posterior")
     if std is not None and (method == "mmse" or draws < 2):
@@ -567,7 +589,7 @@ def denoise_command(
         _check_sigma(denoiser, sigma, value)
     generator = _generator(seed, torch_device, verbose, "denoise")
     failures = _Failures()
-    budget = max(1, restore.PIXELS_PER_CALL // draws)
+    budget = max(1, PIXELS_PER_CALL // draws)
 
     with _progress(quiet) as progress:
         task = progress.add_task("denoise", total=len(pairs), visible=len(pairs) > 1)
@@ -582,7 +604,7 @@ def denoise_command(
             progress.reset(tiles, total=None, visible=False)
             if group:
                 try:
-                    estimate, spread = restore.denoise(
+                    estimate, spread = denoise(
                         denoiser,
                         torch.stack([image.pixels for _, _, image, _ in group]),
                         [level for *_, level in group],
@@ -628,7 +650,7 @@ def _inflation(text: str) -> float | str:
 def _check_method_options(method: str, steps: int | None, options: dict[str, float | None]) -> None:
     """Refuse options that ``method`` does not take, and values outside their ranges."""
     given = [name for name, value in options.items() if value is not None]
-    unused = [name for name in given if name not in restore.METHOD_OPTIONS[method]]
+    unused = [name for name in given if name not in METHOD_OPTIONS[method]]
     if unused or (steps is not None and method == "mmse"):
         names = ", ".join("--" + name.replace("_", "-") for name in unused or ["steps"])
         raise UsageError(f"{names}: not an option of --method {method}; see `sda denoise --help`")
@@ -677,7 +699,7 @@ def _with_sigma(
 def _check_sigma(denoiser: Denoiser, text: str, sigma: float) -> None:
     """Refuse a --sigma (pixel units) outside the model's range of noise levels, saying the range."""
     try:
-        restore.check_sigma(denoiser, sigma)
+        check_sigma(denoiser, sigma)
     except ValueError as error:
         message = (
             str(error).replace(f"sigma {sigma:.4g}", f"--sigma {text}", 1).replace("pass a sigma", "pass a --sigma")
@@ -695,6 +717,261 @@ def _model_failure(error: Exception) -> str:
     return f"the model failed on this image ({text}); rerun with --debug for the traceback and report it"
 
 
+def _observation_sigma(text: str) -> float:
+    """``--sigma`` of ``degrade`` and ``restore``: as for ``denoise``, or 0 for a noise-free observation."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    try:
+        return parse_sigma(text)
+    except UsageError as error:
+        message = str(error).replace("a positive finite number", "0 (noise-free) or a positive number")
+        raise UsageError(message) from None
+
+
+def _read_kernel(path: Path) -> Tensor:
+    """``--kernel K.npy``: a finite 2-D array with odd sides that does not sum to 0."""
+    try:
+        kernel = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float64))
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"--kernel {path}: cannot read it as a NumPy array ({_one_line(str(error))}); save one with numpy.save"
+        ) from None
+    try:
+        Kernel(kernel)
+    except ValueError as error:
+        raise UsageError(f"--kernel {path}: {error}") from None
+    if abs(float(kernel.sum())) <= 1e-6 * float(kernel.abs().sum()):
+        raise UsageError(
+            f"--kernel {path}: the kernel sums to 0, so the observation loses the image's mean brightness and "
+            "cannot be stored as pixels; give a kernel that sums to 1 (kernel / kernel.sum())"
+        )
+    return kernel
+
+
+def _read_mask(path: Path, max_pixels: int) -> Tensor:
+    """A mask file: 1 (observed) where it is white, at least 0.5, 0 elsewhere; one channel when all are equal."""
+    mask = (read_image(path, max_pixels=max_pixels).pixels >= 0.5).double()
+    return mask[:1] if bool((mask == mask[:1]).all()) else mask
+
+
+def _operators(
+    blur: float | None, kernel: Path | None, scale: int | None, mask: Path | None, max_pixels: int
+) -> Callable[[Path], LinearOperator]:
+    """The observation operator of each input, from the operator options; a bad kernel or mask file is refused
+    now, a folder of masks is looked up per input (its mask has the input's file name, or its stem)."""
+    if blur is not None and not 0 < blur <= 100:
+        raise UsageError(f"--blur must be a positive number of pixels up to 100, such as 1.5, not {blur}")
+    weights = None if kernel is None else _read_kernel(kernel)
+    shared = None
+    if mask is not None and not mask.is_dir():
+        try:
+            shared = _read_mask(mask, max_pixels)
+        except ImageError as error:
+            raise UsageError(f"--mask {error}") from None
+
+    def operator_for(source: Path) -> LinearOperator:
+        chosen = shared
+        if mask is not None and shared is None:
+            names = [mask / source.name, *sorted(mask.glob(f"{source.stem}.*"))]
+            found = [path for path in names if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise ImageError(f"{source}: no mask named {source.name} in {mask}; add one, or pass one --mask file")
+            chosen = _read_mask(found[0], max_pixels)
+        return make_operator(blur=blur, kernel=weights, scale=scale, mask=chosen)
+
+    return operator_for
+
+
+def _same_size(image: LoadedImage, pixels: Tensor) -> LoadedImage:
+    """``image`` for writing ``pixels``: its alpha is kept when the size is, and dropped when --scale changes it."""
+    return image if image.pixels.shape[-2:] == pixels.shape[-2:] else replace(image, alpha=None)
+
+
+BlurOption = Annotated[float | None, typer.Option(help="Gaussian blur of this standard deviation in pixels.")]
+KernelOption = Annotated[
+    Path | None, typer.Option(help="Convolve with this 2-D kernel (.npy, odd sides, centred), applied as given.")
+]
+ScaleOption = Annotated[
+    int | None, typer.Option(min=1, max=64, help="Average each KxK block: the observation is K times smaller.")
+]
+MaskOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Observe pixels where this image is white (>= 0.5), at the observation's size; or a folder of one mask "
+        "per input, with the input's file name."
+    ),
+]
+ObservationSigma = Annotated[
+    str, typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.01 or 3/255); 0: noise-free.")
+]
+
+
+@app.command("degrade")
+def degrade_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or folder for several inputs.")],
+    blur: BlurOption = None,
+    kernel: KernelOption = None,
+    scale: ScaleOption = None,
+    mask: MaskOption = None,
+    sigma: ObservationSigma = "0",
+    seed: Seed = None,
+    bits: Bits = None,
+    force: Force = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Observe images as y = A x + sigma n: blur, kernel, block average and mask, in this order, then noise.
+
+    The observation has its own size (--scale K: K times smaller) and its missing pixels are written as 0. 8-bit and
+    16-bit outputs are clipped to [0, 1] and quantised; .npy outputs (float32, HWC) keep the exact unclipped values.
+    `sda restore` with the same operator options recovers the images.
+    """
+    value = _observation_sigma(sigma)
+    if bits not in (None, 8, 16):
+        raise UsageError("--bits must be 8 or 16")
+    operator_for = _operators(blur, kernel, scale, mask, max_pixels)
+    pairs = _pairs(inputs, output, force)
+    generator = _generator(seed, torch.device("cpu"), verbose, "degrade")
+    failures = _Failures()
+    with _progress(quiet or len(pairs) < 2) as progress:
+        task = progress.add_task("degrade", total=len(pairs))
+        for source, target in pairs:
+            try:
+                image = read_image(source, max_pixels=max_pixels)
+                operator = operator_for(source)
+                x = image.pixels[None]
+                noise = value * torch.randn(operator.out_shape(x.shape), generator=generator)
+                observation = operator.observed(operator(x) + noise)[0]
+                _write_result(target, observation, _same_size(image, observation), bits)
+            except ImageError as error:
+                failures.report(error)
+            except ValueError as error:  # an image or mask of the wrong size
+                failures.report(error, f"{source}: {error}")
+            progress.advance(task)
+    failures.exit(len(pairs))
+
+
+@app.command("restore")
+def restore_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Observation files (from `sda degrade`) or folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or folder for several inputs.")],
+    blur: BlurOption = None,
+    kernel: KernelOption = None,
+    scale: ScaleOption = None,
+    mask: MaskOption = None,
+    sigma: ObservationSigma = "0",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="mmps (exact for a Gaussian prior: the method that passes the closed-form tests at the chi-squared "
+            "level), dps, diffpir (no backward pass through the network: the cheap one on large images) or sda "
+            "(needs --sigma > 0)."
+        ),
+    ] = "mmps",
+    samples: Annotated[
+        int | None, typer.Option(min=1, max=1024, help="Draws per image: the output is their mean (default 1).")
+    ] = None,
+    std: Annotated[
+        Path | None, typer.Option(help="Also write the per-pixel standard deviation of the draws (--samples >= 2).")
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help=f"Steps of the method (default: mmps {MMPS.STEPS}, Heun; dps {DPS.STEPS}; diffpir {DiffPIR.STEPS}; "
+            f"sda {SDA.STEPS}).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="A shipped model's name or a model file (default: cifar10).")
+    ] = None,
+    tile: Annotated[
+        int | None, typer.Option(min=32, max=4096, help="Evaluate the network in overlapping tiles of this side.")
+    ] = None,
+    seed: Seed = None,
+    bits: Bits = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    force: Force = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Recover full-size images from observations y = A x + sigma n by sampling p(x | y) with the model as prior.
+
+    Give the operator options that made the observation (see `sda degrade`); the missing pixels of a mask are
+    ignored. 8- and 16-bit observations were clipped: their pixels at 0 and 1 (observed ones only, and only when
+    sigma > 0) are replaced by their expected unclipped value first, as in `sda denoise`. With no operator option,
+    restore is `sda denoise` through the chosen method, with the same random stream.
+    """
+    value = _observation_sigma(sigma)
+    if method not in RESTORE_METHODS:
+        raise UsageError(f"--method must be one of {', '.join(RESTORE_METHODS)}")
+    if method == "sda" and value == 0:
+        raise UsageError("--method sda cannot take --sigma 0 (a noise-free observation); use --method mmps or diffpir")
+    draws = samples or 1
+    if std is not None and draws < 2:
+        raise UsageError("--std needs at least 2 draws: add --samples 8")
+    if bits not in (None, 8, 16):
+        raise UsageError("--bits must be 8 or 16")
+    operator_for = _operators(blur, kernel, scale, mask, max_pixels)
+    torch_device = _device(device)
+    pairs = _pairs(inputs, output, force)
+    std_targets = _std_targets(pairs, std, output, force)
+    denoiser = _load_model(model, torch_device, verbose, precision)
+    plain = blur is None and kernel is None and scale is None and mask is None
+    generator = _generator(seed, torch_device, verbose, "denoise" if plain else "restore")
+    failures = _Failures()
+    own_masks = mask is not None and mask.is_dir()  # one operator per input: one image per call
+    budget = 1 if own_masks else max(1, PIXELS_PER_CALL // (draws * (scale or 1) ** 2))
+
+    with _progress(quiet) as progress:
+        task = progress.add_task("restore", total=len(pairs), visible=len(pairs) > 1)
+        tiles = progress.add_task("tiles", total=None, visible=False)
+
+        def show_tiles(done: int, total: int) -> None:
+            progress.update(tiles, completed=done, total=total, visible=total >= TILES_WORTH_A_BAR)
+
+        for batch in _batches(pairs, max_pixels, budget, failures):
+            progress.reset(tiles, total=None, visible=False)
+            progress.advance(task, len(batch))
+            try:
+                estimate, spread = restore(
+                    denoiser,
+                    torch.stack([image.pixels for *_, image in batch]),
+                    value,
+                    operator_for(batch[0][0]),
+                    method=method,
+                    samples=draws,
+                    steps=steps,
+                    bit_depth=batch[0][2].bit_depth,
+                    tile=tile,
+                    generator=generator,
+                    progress=show_tiles,
+                )
+            except ImageError as error:  # no mask for this input
+                failures.report(error)
+                batch = []
+            except (ValueError, RuntimeError) as error:  # a mask of the wrong size; too little memory
+                for source, *_ in batch:
+                    failures.report(error, f"{source}: {_model_failure(error)}")
+                batch = []
+            for index, (source, target, image) in enumerate(batch):
+                try:
+                    _write_result(target, estimate[index], _same_size(image, estimate[index]), bits)
+                    if std is not None and spread is not None:
+                        _write_result(std_targets[source], spread[index], _same_size(image, spread[index]), bits)
+                except ImageError as error:
+                    failures.report(error)
+    failures.exit(len(pairs))
+
+
 @app.command("sample")
 def sample_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Grid image file, or a folder: one file each.")],
@@ -707,12 +984,10 @@ def sample_command(
     size: Annotated[int | None, typer.Option(min=8, max=4096, help="Image side (default: the training size).")] = None,
     seed: Seed = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples drawn at once.")] = 64,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[
-        str, typer.Option(help="Network precision: auto (bf16 where the hardware runs it natively), bf16, fp16, fp32.")
-    ] = "auto",
+    device: Device = "auto",
+    precision: Precision = "auto",
     verbose: Verbose = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Sample new images by solving the reverse-time SDE or ODE from pure noise."""
     if sampler_name not in SAMPLERS:

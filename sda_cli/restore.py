@@ -15,6 +15,9 @@ units to the estimate and the per-pixel standard deviation of the draws, in pixe
    the network evaluation inside each step is split, into tiles of large images and into chunks of many small ones,
    at most :data:`PIXELS_PER_CALL` pixels per call (:class:`TiledDenoiser`);
 6. per-image noise levels (``--sigma auto``): images are grouped by level.
+
+:func:`restore` does the same for observations :math:`y = A x + \sigma n` of a linear operator :math:`A`
+(:mod:`sda_cli.operators`: blur, kernel, block average, mask) with the posterior methods of :data:`RESTORE_METHODS`.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from torch import Tensor
 
 from sda_cli.clipping import impute_clipped
 from sda_cli.denoiser import Denoiser
-from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse, MatchedPosterior, matched_time
+from sda_cli.guidance import DPS, MMPS, SDA, AnnealedLangevin, DiffPIR, GuidedReverse, MatchedPosterior, matched_time
 from sda_cli.inflation import inflate, inflation_factor
+from sda_cli.operators import Compose, Downsample, Identity, LinearOperator
 from sda_cli.sampler import DenoiserLike
 from sda_cli.seeds import seeded_generator
 from sda_cli.tiles import map_tiles, map_tiles_vjp, tile_starts
@@ -37,12 +41,15 @@ __all__ = [
     "DEFAULT_SAMPLES",
     "METHODS",
     "PIXELS_PER_CALL",
+    "RESTORE_METHODS",
     "TiledDenoiser",
     "check_sigma",
     "default_steps",
     "default_tile",
     "denoise",
+    "image_size",
     "match_channels",
+    "restore",
 ]
 
 METHODS: tuple[str, ...] = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
@@ -380,3 +387,173 @@ def _quantisation_step(clipped: str, bit_depth: int | None) -> float | None:
     if clipped == "off" or (clipped == "auto" and not integer):
         return None
     return 2 / (2 ** int(bit_depth) - 1) if integer else 0.0  # type: ignore[arg-type]
+
+
+RESTORE_METHODS: tuple[str, ...] = ("mmps", "dps", "diffpir", "sda")
+"""Posterior methods of :func:`restore`: :class:`MMPS` (the default: exact for a Gaussian prior, and the one that
+passes the closed-form chi-squared tests of ``tests/test_guidance_operators.py``), :class:`DPS`, :class:`DiffPIR`
+(no backward pass through the network) and :class:`SDA`."""
+
+RESTORE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mmps": ("cg_steps",),
+    "dps": ("zeta",),
+    "diffpir": ("lam", "zeta", "cg_steps"),
+    "sda": ("gamma", "corrections", "tau"),
+}
+"""The options each method of :func:`restore` takes besides ``steps`` (defaults on each class)."""
+
+_RESTORE_CLASSES: dict[str, type[MMPS] | type[DPS] | type[DiffPIR] | type[SDA]] = {
+    "mmps": MMPS,
+    "dps": DPS,
+    "diffpir": DiffPIR,
+    "sda": SDA,
+}
+
+
+def _stages(operator: LinearOperator) -> list[LinearOperator]:
+    """The operators that make up ``operator``, in the order they are applied."""
+    if isinstance(operator, Compose):
+        return [stage for part in operator.operators for stage in _stages(part)]
+    return [operator]
+
+
+def image_size(operator: LinearOperator, height: int, width: int) -> tuple[int, int]:
+    """The size of the images behind observations of ``height × width``: each block average makes them ``scale``
+    times larger on each side; the other operators keep the size."""
+    scale = math.prod(stage.scale for stage in _stages(operator) if isinstance(stage, Downsample))
+    return height * scale, width * scale
+
+
+def _model_units(
+    pixels: Tensor, sigma_y: float, operator: LinearOperator, shape: tuple[int, ...], step: float | None
+) -> Tensor:
+    r"""The observation :math:`A x + \sigma_y n` in model units from its pixels :math:`y = A p + \sigma n`.
+
+    With :math:`x = 2 p - 1`, :math:`2 y - A\mathbf{1} = A x + 2 \sigma n`: :math:`A\mathbf{1} = 1` for a blur, a
+    block average and a kernel that sums to 1, so that this is :math:`2 y - 1` as in :func:`denoise`; it is the mask
+    itself for a mask. Clipped pixels of an 8- or 16-bit file are imputed first, as :func:`denoise` does, at observed
+    pixels only (a mask's missing pixels are set to mid-grey for the local mean) and only when ``sigma_y > 0``: a
+    noise-free observation of an image in [0, 1] is not clipped. Missing values end at 0 (:meth:`observed`).
+    """
+    y = 2 * pixels - 1  # the file's values, clipped at -1 and 1
+    seen = operator.observed(torch.ones_like(y[:1])) > 0
+    if step is not None and sigma_y > 0:
+        y = torch.where(seen, impute_clipped(torch.where(seen, y, 0), sigma_y, step=step), y)
+    ones = operator(torch.ones((1, *shape), device=y.device))
+    if not bool((ones == 1).all()):
+        y = y + (1 - ones)
+    return operator.observed(y)
+
+
+def _passes(method: str, posterior: MMPS | DPS | DiffPIR | SDA, one_call: bool) -> int:
+    """Network passes over the whole batch in one draw: a vector-Jacobian product is one pass when it fits one call,
+    else a forward pass and a tile-by-tile backward pass (:meth:`TiledDenoiser.mean_and_vjp`)."""
+    vjp = 1 if one_call else 2
+    if method == "mmps":  # x_hat, then a product per conjugate-gradient step and one for the score
+        return posterior.nfe * (1 + (posterior.cg_steps + 1) * vjp)  # type: ignore[union-attr]
+    if method == "dps":  # a product per step, then the final estimate
+        return (posterior.nfe - 1) * vjp + 1
+    return posterior.nfe * (vjp if method == "sda" else 1)
+
+
+def restore(
+    model: Denoiser,
+    observation: Tensor,
+    sigma: float,
+    operator: LinearOperator | None = None,
+    *,
+    method: str = "mmps",
+    samples: int | None = None,
+    steps: int | None = None,
+    bit_depth: int | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    tile: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: float,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Recover images from observations :math:`y = A p + \sigma n` in pixel units: the estimate and the draws'
+    standard deviation, at the images' full size.
+
+    In model units the observation is :math:`A x + \sigma_y n` with :math:`\sigma_y = 2 \sigma` (:func:`_model_units`);
+    the method draws :math:`K` samples of :math:`p(x \mid y)` from pure noise, the whole image one noise field, the
+    network evaluated in tiles (:class:`TiledDenoiser`). With no operator (:class:`Identity`) this is :func:`denoise`
+    through the same method: the same units, clipping, channels, tiles and random stream (``seed``), so ``sda`` with
+    one draw gives the same numbers.
+
+    Args:
+        model: a denoiser (:func:`sda_cli.load_model`).
+        observation: observations ``(B, C, h, w)`` or one ``(C, h, w)`` in pixel units, at the observation's size
+            (``scale`` times smaller than the images for a block average); a mask's missing values are ignored.
+        sigma: the noise standard deviation in pixel units; 0 for a noise-free observation (``mmps``, ``dps`` and
+            ``diffpir``; ``sda`` needs it positive).
+        operator: :math:`A` (:func:`sda_cli.operators.make_operator`); ``None``: the identity.
+        method: one of :data:`RESTORE_METHODS`.
+        samples: draws per image :math:`K` (default 1); the estimate is their mean.
+        steps: the method's steps (default: the method's own).
+        bit_depth: 8 or 16 when the observation comes from an integer file (clipped and quantised), else ``None``.
+        seed: the seed of ``sda restore --seed`` (``sda denoise``'s stream with no operator); or pass ``generator``.
+        tile: images larger than this are evaluated in overlapping tiles (default: :func:`default_tile`).
+        progress: called after each network call with the tiles (or small images) evaluated so far and in all.
+        options: the method's own options (:data:`RESTORE_OPTIONS`).
+
+    Returns:
+        The mean of the :math:`K` draws ``(B, C, H, W)`` (or ``(C, H, W)``) in pixel units, and their per-pixel
+        standard deviation for :math:`K \geq 2` (``None`` otherwise), both on the model's device.
+    """
+    if method not in RESTORE_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(RESTORE_METHODS)}")
+    draws = 1 if samples is None else samples
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    allowed = RESTORE_OPTIONS[method]
+    unknown = sorted(name for name, value in options.items() if value is not None and name not in allowed)
+    if unknown:
+        raise ValueError(f"method {method} takes no option {unknown}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf:
+        raise ValueError(f"sigma must be a finite number >= 0 of [0, 1] pixel units, got {sigma!r}")
+    if method == "sda" and sigma == 0:
+        raise ValueError(
+            "method sda cannot take a noise-free observation (sigma 0): give the noise level, or use mmps or diffpir"
+        )
+    operator = operator or Identity()
+    single = observation.ndim == 3
+    batch = observation[None] if single else observation
+    count, colours, height, width = batch.shape
+    shape = (colours, *image_size(operator, height, width))
+    if tuple(operator.out_shape((count, *shape))) != tuple(batch.shape):
+        raise ValueError(f"the operator does not give observations of {height}×{width} pixels; check its options")
+    device = next(model.parameters()).device
+    if generator is None:
+        generator, _ = seeded_generator(seed, "denoise" if isinstance(operator, Identity) else "restore", device)
+    per_call = PIXELS_PER_CALL // (1 if method == "diffpir" else BACKWARD_FACTOR)
+    side, overlap = default_tile(model) if tile is None else (tile, tile // 8)
+    denoiser = TiledDenoiser(model, side, overlap, per_call)
+
+    sigma_y = 2 * float(sigma)
+    y = _model_units(batch.to(device, torch.float32), sigma_y, operator, shape, _quantisation_step("auto", bit_depth))
+    observed, sigma_obs, back = match_channels(y, sigma_y, model.backbone.config.channels, generator)
+    observed = operator.observed(observed)  # the noise match_channels adds is no observation either
+    repeated = observed.unsqueeze(0).expand(draws, *observed.shape).reshape(draws * count, *observed.shape[1:])
+    given = {"steps": steps} if steps is not None else {}
+    given |= {name: value for name, value in options.items() if value is not None}
+    full = (observed.shape[1], *shape[1:])
+    kind = _RESTORE_CLASSES[method]
+    posterior = kind(denoiser, repeated, sigma_obs, operator=operator, shape=full, **given)  # type: ignore[arg-type]
+    if progress is not None:
+        tiles = denoiser.tiles_per_image(*shape[1:])
+        one_call = tiles == 1 and draws * count <= max(1, per_call // (shape[1] * shape[2]))
+        total, done = tiles * draws * count * _passes(method, posterior, one_call), 0
+
+        def count_tiles(evaluated: int) -> None:
+            nonlocal done
+            done += evaluated
+            progress(done, total)
+
+        denoiser.on_tiles = count_tiles
+    drawn = back(posterior.sample(generator=generator).reshape(draws, count, *full))
+    estimate = (drawn.mean(0) + 1) / 2
+    spread = drawn.std(0) / 2 if draws >= 2 else None  # model units are twice pixel units
+    if single:
+        return estimate[0], None if spread is None else spread[0]
+    return estimate, spread
