@@ -149,6 +149,22 @@ class TiledDenoiser:
                 return torch.cat([network(x_t[part]) for part in self._chunks(x_t)])
             return map_tiles(network, x_t, self.tile, self.overlap, batch_pixels=self.batch_pixels)
 
+    def linearise(self, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        r""":math:`\hat{x}` and the map :math:`v \mapsto J^\top v` for several products at one point: the forward
+        pass is kept for all of them when the input fits one call, else each product runs tile by tile."""
+        if self._small(x_t) and len(self._chunks(x_t)) == 1:
+            network = self._network(t)
+            with torch.enable_grad():
+                x = x_t.detach().requires_grad_(True)
+                x_hat = network(x)
+
+            def kept(v: Tensor) -> Tensor:
+                (gradient,) = torch.autograd.grad(x_hat, x, v, retain_graph=True)
+                return gradient
+
+            return x_hat.detach(), kept
+        return self(x_t, t), lambda v: self.mean_and_vjp(x_t, t, lambda _: v)[1]
+
     def mean_and_vjp(self, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         r""":math:`\hat{x}` and :math:`J^\top v`, :math:`v` = ``cotangent(x_hat)``: in one pass when it fits one
         call, else a pass for :math:`\hat{x}` and a second, tile by tile, for the product (memory stays bounded)."""
@@ -447,10 +463,12 @@ def _model_units(
 
 def _passes(method: str, posterior: MMPS | DPS | DiffPIR | SDA, one_call: bool) -> int:
     """Network passes over the whole batch in one draw: a vector-Jacobian product is one pass when it fits one call,
-    else a forward pass and a tile-by-tile backward pass (:meth:`TiledDenoiser.mean_and_vjp`)."""
+    else a forward pass and a tile-by-tile backward pass (:meth:`TiledDenoiser.mean_and_vjp`); ``mmps``'s products
+    reuse its kept forward pass when it fits one call (:meth:`TiledDenoiser.linearise`)."""
     vjp = 1 if one_call else 2
-    if method == "mmps":  # x_hat, then a product per conjugate-gradient step and one for the score
-        return posterior.nfe * (1 + (posterior.cg_steps + 1) * vjp)  # type: ignore[union-attr]
+    if method == "mmps":  # x_hat, then a product per conjugate-gradient step and one for the score, on the kept pass
+        products = 0 if one_call else 2 * (posterior.cg_steps + 1)  # type: ignore[union-attr]
+        return posterior.nfe * (1 + products)
     if method == "dps":  # a product per step, then the final estimate
         return (posterior.nfe - 1) * vjp + 1
     return posterior.nfe * (vjp if method == "sda" else 1)

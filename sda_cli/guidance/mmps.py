@@ -27,7 +27,8 @@ one backward pass, while forward-mode products (``torch.func.jvp``) would need e
 forward-mode differentiation, and a double backward pass costs twice. The score needs :math:`J^\top` in any case, and
 using :math:`J^\top` in :math:`V` too makes the posterior denoiser the exact conditioning of a Gaussian whatever the
 network (the two agree where :math:`J` is symmetric). A denoiser that evaluates its network in tiles
-(``sda_cli.restore.TiledDenoiser``) provides ``mean_and_vjp``; each product then runs its own passes, tile by tile.
+(``sda_cli.restore.TiledDenoiser``) provides ``linearise``: one kept pass when the images fit one call, else
+each product runs its own passes, tile by tile.
 
 :math:`\sigma_y = 0` is allowed: the system is then :math:`A V A^\top u = y - A \hat{x}`, positive semi-definite,
 with a right-hand side in its range (a mask's missing values are set to 0 first, :meth:`LinearOperator.observed`).
@@ -53,10 +54,11 @@ __all__ = ["MMPS", "linearise"]
 
 def linearise(denoiser: DenoiserLike, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     r""":math:`\hat{x}(x_t, t)` and the map :math:`v \mapsto J^\top v`, :math:`J = \partial \hat{x} / \partial x_t`:
-    one forward pass kept for all the products, or the denoiser's own ``mean_and_vjp`` per product."""
-    own = getattr(denoiser, "mean_and_vjp", None)
+    one forward pass kept for all the products, or the denoiser's own ``linearise`` (a tiled network's, which keeps
+    memory bounded)."""
+    own = getattr(denoiser, "linearise", None)
     if own is not None:
-        return denoiser(x_t, t), lambda v: own(x_t, t, lambda _: v)[1]
+        return own(x_t, t)
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         x_hat = denoiser(x, t)
