@@ -1,4 +1,4 @@
-"""Figures of the model card: the training loss curve and a grid of 64 samples.
+"""Figures of the model card: the training loss curve, a grid of 64 samples, and before/after crops of a photo.
 
 The loss log is the ``OUT.log.csv`` that ``sda train`` appends at every checkpoint (step, mean loss since
 the previous checkpoint, wall seconds). The curve is drawn with Pillow (log-scaled loss, linear steps).
@@ -7,7 +7,12 @@ The samples come from the real CLI (``sda sample``), so the grid shows what a us
 Run from the repository root:
 
     python benchmarks/model_card.py --log checkpoints/cifar10.log.csv --model checkpoints/cifar10.safetensors
-    python benchmarks/model_card.py --log checkpoints/photo.log.csv --loss-name photo_loss.png --no-samples
+    python benchmarks/model_card.py --log checkpoints/photo.log.csv --loss-name photo_loss.png --no-samples \
+        --crops cifar10=checkpoints/cifar10.safetensors photo=checkpoints/photo.safetensors
+
+``--crops`` draws ``photo_crops.png``: a 160 × 160 crop of the first McMaster photo, clean, with 8-bit noise of
+sigma 25/255 (clipped, quantised, seed 0), and as each model's ``mmse`` estimate (``sda_cli.denoise``, float32) of
+that noisy crop, with each crop's PSNR under it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from sda_cli import denoise, load_model
+
 WIDTH, HEIGHT, MARGIN = 640, 360, 60
+PHOTO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "photos" / "mcmaster18" / "1.tif"
+CROP, SIGMA = (170, 170, 330, 330), 25 / 255
 
 
 def read_log(path: Path) -> list[tuple[int, float]]:
@@ -67,7 +78,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-samples", action="store_true")
     parser.add_argument("--loss-name", default="loss.png", help="file name of the loss curve in --out-dir")
+    parser.add_argument("--crops", nargs="*", default=[], help="NAME=PATH of models for photo_crops.png")
     args = parser.parse_args()
+    if args.crops:
+        draw_crops(dict(item.split("=", 1) for item in args.crops), args.out_dir / "photo_crops.png")
+        print(f"wrote {args.out_dir / 'photo_crops.png'}")
     draw_curve(read_log(args.log), args.out_dir / args.loss_name)
     print(f"wrote {args.out_dir / args.loss_name}")
     if not args.no_samples:
@@ -88,6 +103,30 @@ def main() -> None:
         ]
         print(" ".join(command[1:]))
         subprocess.run(command, check=True)
+
+
+def draw_crops(models: dict[str, str], out: Path) -> None:
+    """Clean, noisy and each model's estimate of one photo crop, side by side, each with its PSNR."""
+    clean = torch.from_numpy(np.asarray(Image.open(PHOTO).convert("RGB").crop(CROP), dtype=np.float32) / 255)
+    clean = clean.permute(2, 0, 1)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy = ((clean + SIGMA * noise).clamp(0, 1) * 255).round() / 255
+    panels = [("clean", clean), (f"noisy, {SIGMA * 255:g}/255", noisy)]
+    for name, path in models.items():
+        estimate, _ = denoise(load_model(path, precision="fp32"), noisy, SIGMA, bit_depth=8)
+        panels.append((name, ((estimate.clamp(0, 1) * 255).round() / 255).cpu()))
+    side, caption = clean.shape[-1], 34
+    sheet = Image.new("RGB", (len(panels) * (side + 8) + 8, side + caption + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (name, pixels) in enumerate(panels):
+        left = 8 + k * (side + 8)
+        image = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        sheet.paste(Image.fromarray(image), (left, 8))
+        mse = float((pixels - clean).square().mean())
+        quality = "" if name == "clean" else f"{10 * math.log10(1 / mse):.2f} dB"
+        draw.text((left, side + 12), name, fill="black")
+        draw.text((left, side + 24), quality, fill="black")
+    sheet.save(out)
 
 
 if __name__ == "__main__":
