@@ -17,7 +17,10 @@ from sda_cli.denoiser import Denoiser, autocast_dtype
 __all__ = ["CHECKPOINTS", "SHIPPED", "flops_per_pixel", "load_model", "pick_device", "resolve_model"]
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-SHIPPED: dict[str, str] = {"cifar10": "CIFAR-10 32×32 thumbnails: the default of sda denoise and sda sample"}
+SHIPPED: dict[str, str] = {
+    "cifar10": "CIFAR-10 32×32 thumbnails: the default of sda denoise and sda sample",
+    "photo": "natural colour photos (BSDS500), for large images; in training, not yet the default",
+}
 """The shipped models: name → what it was trained on and what it is for."""
 
 
