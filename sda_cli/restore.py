@@ -86,9 +86,11 @@ whole image away from its edges, so large tiles with a narrow overlap (1/16 of t
 little on overlaps (``benchmarks/RESULTS.md``, photo model)."""
 
 
-def default_tile(model: Denoiser) -> tuple[int, int]:
-    """The tile side and overlap ``denoise`` uses when no tile is given: :data:`LOCAL_TILE` and 1/16 of it for a
-    local network, else :data:`TILE` and 1/8 of it."""
+def default_tile(model: Denoiser, tile: int | None = None) -> tuple[int, int]:
+    """The tile side and overlap: a given ``tile`` with 1/8 of it as overlap; with none, :data:`LOCAL_TILE` and 1/16
+    of it for a local network, else :data:`TILE` and 1/8 of it."""
+    if tile is not None:
+        return tile, tile // 8
     config = model.backbone.config
     local = getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
     return (LOCAL_TILE, LOCAL_TILE // 16) if local else (TILE, TILE // 8)
@@ -333,7 +335,7 @@ def denoise(
     step = _quantisation_step(clipped, bit_depth)
     channels = model.backbone.config.channels
     per_call = PIXELS_PER_CALL // (BACKWARD_FACTOR if method == "sda" else 1)
-    side, overlap = default_tile(model) if tile is None else (tile, tile // 8)
+    side, overlap = default_tile(model, tile)
     denoiser = TiledDenoiser(model, side, overlap, per_call)
     if progress is not None:
         calibrated = getattr(model, "inflation", ())
@@ -341,14 +343,7 @@ def denoise(
         inflating = method in ("posterior", "mean") and factors != {1.0}
         shape = (batch.shape[0], channels, *batch.shape[-2:])
         per_image = _tiles_per_image(denoiser, shape, method, draws, steps, options, 2 * levels[0], inflating)
-        total, done = per_image * batch.shape[0], 0
-
-        def count(tiles: int) -> None:
-            nonlocal done
-            done += tiles
-            progress(done, total)
-
-        denoiser.on_tiles = count
+        denoiser.on_tiles = _tile_counter(progress, per_image * batch.shape[0])
 
     estimate: Tensor | None = None
     spread: Tensor | None = None
@@ -372,6 +367,18 @@ def denoise(
     if single:
         return estimate[0], None if spread is None else spread[0]
     return estimate, spread
+
+
+def _tile_counter(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """The :attr:`TiledDenoiser.on_tiles` callback that reports the tiles evaluated so far, and ``total``."""
+    done = 0
+
+    def count(tiles: int) -> None:
+        nonlocal done
+        done += tiles
+        progress(done, total)
+
+    return count
 
 
 def _tiles_per_image(
@@ -545,7 +552,7 @@ def restore(
     if generator is None:
         generator, _ = seeded_generator(seed, "denoise" if isinstance(operator, Identity) else "restore", device)
     per_call = PIXELS_PER_CALL // (1 if method == "diffpir" else BACKWARD_FACTOR)
-    side, overlap = default_tile(model) if tile is None else (tile, tile // 8)
+    side, overlap = default_tile(model, tile)
     denoiser = TiledDenoiser(model, side, overlap, per_call)
 
     sigma_y = 2 * float(sigma)
@@ -561,14 +568,7 @@ def restore(
     if progress is not None:
         tiles = denoiser.tiles_per_image(*shape[1:])
         one_call = tiles == 1 and draws * count <= max(1, per_call // (shape[1] * shape[2]))
-        total, done = tiles * draws * count * _passes(method, posterior, one_call), 0
-
-        def count_tiles(evaluated: int) -> None:
-            nonlocal done
-            done += evaluated
-            progress(done, total)
-
-        denoiser.on_tiles = count_tiles
+        denoiser.on_tiles = _tile_counter(progress, tiles * draws * count * _passes(method, posterior, one_call))
     drawn = back(posterior.sample(generator=generator).reshape(draws, count, *full))
     estimate = (drawn.mean(0) + 1) / 2
     spread = drawn.std(0) / 2 if draws >= 2 else None  # model units are twice pixel units
