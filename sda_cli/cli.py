@@ -26,7 +26,7 @@ from torch import Tensor
 from sda_cli.checkpoint import FORMAT_VERSION, CheckpointError, check_config, parameter_count, read_metadata
 from sda_cli.denoiser import PARAMETRISATIONS, PRECISIONS, Denoiser
 from sda_cli.generate import DEFAULT_SAMPLER, sample
-from sda_cli.guidance import DPS, MMPS, SDA, AnnealedLangevin, DiffPIR, GuidedReverse
+from sda_cli.guidance import DPS, MMPS, SDA, AnnealedLangevin, DiffPIR, GuidedReverse, PnP
 from sda_cli.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -48,6 +48,7 @@ from sda_cli.restore import (
     METHODS,
     PIXELS_PER_CALL,
     RESTORE_METHODS,
+    SAMPLING_METHODS,
     TILE,
     check_sigma,
     default_steps,
@@ -868,11 +869,11 @@ def restore_command(
     method: Annotated[
         str,
         typer.Option(
-            help="mmps (exact for a Gaussian prior: the method that passes the closed-form tests at the chi-squared "
-            "level), dps, diffpir (no backward pass through the network: the cheap one on large images) or sda "
-            "(needs --sigma > 0)."
+            help="pnp (one estimate, the best PSNR and the fastest; no draws), or a sampler of p(x | y): mmps "
+            "(exact for a Gaussian prior, the best-calibrated draws: use it with --samples and --std), dps, diffpir "
+            "(no backward pass through the network) or sda (needs --sigma > 0)."
         ),
-    ] = "mmps",
+    ] = "pnp",
     samples: Annotated[
         int | None, typer.Option(min=1, max=1024, help="Draws per image: the output is their mean (default 1).")
     ] = None,
@@ -884,8 +885,8 @@ def restore_command(
         typer.Option(
             min=1,
             max=10_000,
-            help=f"Steps of the method (default: mmps {MMPS.STEPS}, Heun; dps {DPS.STEPS}; diffpir {DiffPIR.STEPS}; "
-            f"sda {SDA.STEPS}).",
+            help=f"Steps of the method (default: pnp {PnP.STEPS}; mmps {MMPS.STEPS}, Heun; dps {DPS.STEPS}; "
+            f"diffpir {DiffPIR.STEPS}; sda {SDA.STEPS}).",
         ),
     ] = None,
     model: Annotated[
@@ -916,6 +917,8 @@ def restore_command(
     if method == "sda" and value == 0:
         raise UsageError("--method sda cannot take --sigma 0 (a noise-free observation); use --method mmps or diffpir")
     draws = samples or 1
+    if method not in SAMPLING_METHODS and (draws > 1 or std is not None):
+        raise UsageError(f"--samples and --std need a sampling method: {method} is one estimate; add --method mmps")
     if std is not None and draws < 2:
         raise UsageError("--std needs at least 2 draws: add --samples 8")
     if bits not in (None, 8, 16):

@@ -42,6 +42,7 @@ __all__ = [
     "LinearOperator",
     "Mask",
     "conjugate_gradient",
+    "linear_observation",
     "make_operator",
     "observation_shape",
     "operator_matrix",
@@ -286,6 +287,18 @@ def observation_shape(operator: LinearOperator, y: Tensor, shape: Sequence[int] 
             "pass the images' shape as shape=(C, H, W)"
         )
     return image
+
+
+def linear_observation(
+    operator: LinearOperator | None, y: Tensor, sigma_y: float, shape: Sequence[int] | None
+) -> tuple[LinearOperator, Tensor, tuple[int, ...], float]:
+    """The checked parts of :math:`y = A x + \sigma_y n` that the posterior methods take: :math:`A` (the identity for
+    ``None``), ``y`` with the values :math:`A x` never carries set to 0, the images' shape ``(C, H, W)``
+    (:func:`observation_shape`) and :math:`\sigma_y \geq 0`."""
+    if not float(sigma_y) >= 0:
+        raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
+    operator = operator or Identity()
+    return operator, operator.observed(y), observation_shape(operator, y, shape), float(sigma_y)
 
 
 def make_operator(

@@ -30,7 +30,17 @@ from torch import Tensor
 
 from sda_cli.clipping import impute_clipped
 from sda_cli.denoiser import Denoiser
-from sda_cli.guidance import DPS, MMPS, SDA, AnnealedLangevin, DiffPIR, GuidedReverse, MatchedPosterior, matched_time
+from sda_cli.guidance import (
+    DPS,
+    MMPS,
+    SDA,
+    AnnealedLangevin,
+    DiffPIR,
+    GuidedReverse,
+    MatchedPosterior,
+    PnP,
+    matched_time,
+)
 from sda_cli.inflation import inflate, inflation_factor
 from sda_cli.operators import Compose, Downsample, Identity, LinearOperator
 from sda_cli.sampler import DenoiserLike
@@ -412,12 +422,18 @@ def _quantisation_step(clipped: str, bit_depth: int | None) -> float | None:
     return 2 / (2 ** int(bit_depth) - 1) if integer else 0.0  # type: ignore[arg-type]
 
 
-RESTORE_METHODS: tuple[str, ...] = ("mmps", "dps", "diffpir", "sda")
-"""Posterior methods of :func:`restore`: :class:`MMPS` (the default: exact for a Gaussian prior, and the one that
-passes the closed-form chi-squared tests of ``tests/test_guidance_operators.py``), :class:`DPS`, :class:`DiffPIR`
-(no backward pass through the network) and :class:`SDA`."""
+RESTORE_METHODS: tuple[str, ...] = ("pnp", "mmps", "dps", "diffpir", "sda")
+"""Methods of :func:`restore`: :class:`PnP` (the default: one deterministic estimate, the highest PSNR of all and the
+cheapest, in ``benchmarks/restore_quality.py``), and the posterior samplers :class:`MMPS` (exact for a Gaussian
+prior, the one that passes the closed-form chi-squared tests of ``tests/test_guidance_operators.py``: the method for
+``samples`` and the spread), :class:`DPS`, :class:`DiffPIR` (no backward pass through the network) and
+:class:`SDA`."""
+
+SAMPLING_METHODS: tuple[str, ...] = RESTORE_METHODS[1:]
+r"""The methods of :func:`restore` that draw samples of :math:`p(x \mid y)`."""
 
 RESTORE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "pnp": ("lam", "rho_max", "cg_steps"),
     "mmps": ("cg_steps",),
     "dps": ("zeta",),
     "diffpir": ("lam", "zeta", "cg_steps"),
@@ -425,7 +441,8 @@ RESTORE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 """The options each method of :func:`restore` takes besides ``steps`` (defaults on each class)."""
 
-_RESTORE_CLASSES: dict[str, type[MMPS] | type[DPS] | type[DiffPIR] | type[SDA]] = {
+_RESTORE_CLASSES: dict[str, type[PnP] | type[MMPS] | type[DPS] | type[DiffPIR] | type[SDA]] = {
+    "pnp": PnP,
     "mmps": MMPS,
     "dps": DPS,
     "diffpir": DiffPIR,
@@ -468,7 +485,7 @@ def _model_units(
     return operator.observed(y)
 
 
-def _passes(method: str, posterior: MMPS | DPS | DiffPIR | SDA, one_call: bool) -> int:
+def _passes(method: str, posterior: PnP | MMPS | DPS | DiffPIR | SDA, one_call: bool) -> int:
     """Network passes over the whole batch in one draw: a vector-Jacobian product is one pass when it fits one call,
     else a forward pass and a tile-by-tile backward pass (:meth:`TiledDenoiser.mean_and_vjp`); ``mmps``'s products
     reuse its kept forward pass when it fits one call (:meth:`TiledDenoiser.linearise`)."""
@@ -487,7 +504,7 @@ def restore(
     sigma: float,
     operator: LinearOperator | None = None,
     *,
-    method: str = "mmps",
+    method: str = "pnp",
     samples: int | None = None,
     steps: int | None = None,
     bit_depth: int | None = None,
@@ -501,8 +518,9 @@ def restore(
     standard deviation, at the images' full size.
 
     In model units the observation is :math:`A x + \sigma_y n` with :math:`\sigma_y = 2 \sigma` (:func:`_model_units`);
-    the method draws :math:`K` samples of :math:`p(x \mid y)` from pure noise, the whole image one noise field, the
-    network evaluated in tiles (:class:`TiledDenoiser`). With no operator (:class:`Identity`) this is :func:`denoise`
+    ``pnp`` (the default) gives one deterministic estimate; the sampling methods draw :math:`K` samples of
+    :math:`p(x \mid y)` from pure noise, the whole image one noise field; the network is evaluated in tiles
+    (:class:`TiledDenoiser`). With no operator (:class:`Identity`) this is :func:`denoise`
     through the same method: the same units, clipping, channels, tiles and random stream (``seed``), so ``sda`` with
     one draw gives the same numbers.
 
@@ -510,11 +528,11 @@ def restore(
         model: a denoiser (:func:`sda_cli.load_model`).
         observation: observations ``(B, C, h, w)`` or one ``(C, h, w)`` in pixel units, at the observation's size
             (``scale`` times smaller than the images for a block average); a mask's missing values are ignored.
-        sigma: the noise standard deviation in pixel units; 0 for a noise-free observation (``mmps``, ``dps`` and
-            ``diffpir``; ``sda`` needs it positive).
+        sigma: the noise standard deviation in pixel units; 0 for a noise-free observation (all methods but ``sda``,
+            which needs it positive).
         operator: :math:`A` (:func:`sda_cli.operators.make_operator`); ``None``: the identity.
         method: one of :data:`RESTORE_METHODS`.
-        samples: draws per image :math:`K` (default 1); the estimate is their mean.
+        samples: draws per image :math:`K` (default 1; a sampling method for more); the estimate is their mean.
         steps: the method's steps (default: the method's own).
         bit_depth: 8 or 16 when the observation comes from an integer file (clipped and quantised), else ``None``.
         seed: the seed of ``sda restore --seed`` (``sda denoise``'s stream with no operator); or pass ``generator``.
@@ -531,6 +549,8 @@ def restore(
     draws = 1 if samples is None else samples
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    if method not in SAMPLING_METHODS and draws > 1:
+        raise ValueError(f"samples needs a sampling method: {method} is one estimate; use method mmps")
     allowed = RESTORE_OPTIONS[method]
     unknown = sorted(name for name, value in options.items() if value is not None and name not in allowed)
     if unknown:
@@ -551,7 +571,7 @@ def restore(
     device = next(model.parameters()).device
     if generator is None:
         generator, _ = seeded_generator(seed, "denoise" if isinstance(operator, Identity) else "restore", device)
-    per_call = PIXELS_PER_CALL // (1 if method == "diffpir" else BACKWARD_FACTOR)
+    per_call = PIXELS_PER_CALL // (1 if method in ("pnp", "diffpir") else BACKWARD_FACTOR)
     side, overlap = default_tile(model, tile)
     denoiser = TiledDenoiser(model, side, overlap, per_call)
 

@@ -20,7 +20,7 @@ from test_restore import IndependentPixels
 
 from sda_cli import denoise, load_model, restore
 from sda_cli.operators import Blur, make_operator
-from sda_cli.restore import RESTORE_METHODS, _model_units
+from sda_cli.restore import RESTORE_METHODS, SAMPLING_METHODS, _model_units
 from sda_cli.seeds import seeded_generator
 
 FAST = ["--steps", "2"]
@@ -105,7 +105,7 @@ def test_degrade_folder_with_a_folder_of_masks(tmp_path: Path, image_dir: Path) 
         assert (written[holes[name] == 0] == 0).all() and (written[holes[name] == 1].sum(-1) > 0).all()
 
 
-@pytest.mark.parametrize("method", RESTORE_METHODS)
+@pytest.mark.parametrize("method", SAMPLING_METHODS)
 def test_restore_writes_full_size_estimates_and_std_maps(method: str, tmp_path: Path, tiny_model: Path) -> None:
     """Each method on a x2 downsampled, masked, noisy observation of a 16x16 image: a 16x16 estimate and std map,
     finite, the std positive somewhere; the same seed gives the same numbers."""
@@ -121,6 +121,26 @@ def test_restore_writes_full_size_estimates_and_std_maps(method: str, tmp_path: 
     assert estimate.shape == std.shape == (16, 16, 3)
     assert np.isfinite(estimate).all() and (std >= 0).all() and std.max() > 0
     assert np.array_equal(estimate, np.load(tmp_path / "b.npy"))
+
+
+def test_pnp_is_one_estimate(tmp_path: Path, tiny_model: Path) -> None:
+    """The default method, pnp, writes one full-size estimate, the same for any seed; asked for draws or a std map it
+    says to use a sampling method, exits 2 and writes nothing."""
+    np.save(tmp_path / "in.npy", smooth(16, 16))
+    operator = ["--scale", "2", "--sigma", "0.05"]
+    ok("degrade", tmp_path / "in.npy", *operator, "--seed", "0", "-o", tmp_path / "obs.npy")
+    for seed in ("1", "2"):
+        ok("restore", tmp_path / "obs.npy", *operator, "--steps", "3", "--model", tiny_model, "--seed", seed,
+           "-o", tmp_path / f"{seed}.npy")  # fmt: skip
+    estimate = np.load(tmp_path / "1.npy")
+    assert estimate.shape == (16, 16, 3) and np.isfinite(estimate).all()
+    assert np.array_equal(estimate, np.load(tmp_path / "2.npy"))
+    for extra in (["--samples", "2"], ["--samples", "2", "--std", tmp_path / "std.npy"]):
+        result = sda("restore", tmp_path / "obs.npy", *operator, *extra, "--model", tiny_model,
+                         "-o", tmp_path / "draws.npy")  # fmt: skip
+        assert result.returncode == 2 and "need a sampling method: pnp is one estimate" in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "draws.npy").exists() and not (tmp_path / "std.npy").exists()
 
 
 def test_python_api_equals_the_command_line(tmp_path: Path, tiny_model: Path, image_dir: Path) -> None:
@@ -159,11 +179,11 @@ def test_no_operator_is_denoise(tmp_path: Path, tiny_model: Path, image_dir: Pat
 
 
 def test_noise_free_observations() -> None:
-    """sigma 0: mmps, dps and diffpir take it, sda says it cannot; with a mask, the clipped-pixel imputation of an
+    """sigma 0: pnp, mmps, dps and diffpir take it, sda says it cannot; with a mask, the clipped-pixel imputation of an
     8-bit file touches observed pixels at 0 or 1 only, never the missing ones (written as 0)."""
     model = IndependentPixels(0.3)
     pixels = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    for method in ("mmps", "dps", "diffpir"):
+    for method in ("pnp", "mmps", "dps", "diffpir"):
         estimate, _ = restore(model, pixels, 0.0, method=method, steps=2, tile=32, seed=0)
         assert estimate.shape == pixels.shape and bool(estimate.isfinite().all())
     with pytest.raises(ValueError, match="sda cannot take a noise-free observation"):
@@ -185,8 +205,9 @@ def test_progress_counts_every_tile_the_network_evaluates(method: str, size: int
     (the backward passes split in two) and for small images in one call."""
     calls: list[tuple[int, int]] = []
     pixels = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(1))
-    restore(IndependentPixels(0.3), pixels, 0.1, make_operator(blur=1.0, scale=2), method=method, steps=2, samples=2,
-            tile=tile, seed=0, progress=lambda *c: calls.append(c))  # fmt: skip
+    samples = 2 if method in SAMPLING_METHODS else 1
+    restore(IndependentPixels(0.3), pixels, 0.1, make_operator(blur=1.0, scale=2), method=method, steps=2,
+            samples=samples, tile=tile, seed=0, progress=lambda *c: calls.append(c))  # fmt: skip
     done = [d for d, _ in calls]
     assert len({total for _, total in calls}) == 1 and done == sorted(done)
     assert done[-1] == calls[-1][1] > 0, calls[-3:]
@@ -240,8 +261,8 @@ def test_bad_inputs_get_one_line_and_write_nothing(
     [
         (["degrade", "odd.png", "--scale", "2"], "odd.png: the image is 15×16 pixels, not a multiple of the scale 2"),
         (["restore", "in.png", "--method", "sda"], "--method sda cannot take --sigma 0"),
-        (["restore", "in.png", "--method", "mmse"], "--method must be one of mmps, dps, diffpir, sda"),
-        (["restore", "in.png", "--samples", "1", "--std", "s.png"], "--std needs at least 2 draws"),
+        (["restore", "in.png", "--method", "mmse"], "--method must be one of pnp, mmps, dps, diffpir, sda"),
+        (["restore", "in.png", "--method", "mmps", "--samples", "1", "--std", "s.png"], "--std needs at least 2 draws"),
     ],
 )
 def test_bad_sizes_and_options_get_one_line(args: list[str], message: str, tmp_path: Path, image_dir: Path) -> None:

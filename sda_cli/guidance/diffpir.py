@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sda_cli.operators import Identity, LinearOperator, conjugate_gradient, observation_shape
+from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
 from sda_cli.sampler import DenoiserLike, Sampler, alpha_sigma, epsilon_from_mean, prior_noise
 
 __all__ = ["DiffPIR"]
@@ -93,18 +93,14 @@ class DiffPIR:
         cg_steps: int = CG_STEPS,
         power: float = 7.0,
     ) -> None:
-        if not float(sigma_y) >= 0:
-            raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
         if not lam > 0:
             raise ValueError(f"lam must be positive, got {lam}")
         if not 0 <= zeta <= 1:
             raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
         if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
             raise ValueError(f"cg_steps must be an integer >= 1, got {cg_steps!r}")
-        self.denoiser, self.sigma_y, self.schedule = denoiser, float(sigma_y), denoiser.schedule
-        self.operator = operator or Identity()
-        self.shape = observation_shape(self.operator, y, shape)
-        self.y = self.operator.observed(y)
+        self.denoiser, self.schedule = denoiser, denoiser.schedule
+        self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
         self.steps, self.lam, self.zeta, self.cg_steps, self.power = steps, float(lam), float(zeta), cg_steps, power
 
     @torch.no_grad()

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sda_cli.operators import Identity, LinearOperator, conjugate_gradient, observation_shape
+from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
 from sda_cli.sampler import DenoiserLike, alpha_sigma, make_sampler, prior_noise
 
 __all__ = ["MMPS", "linearise"]
@@ -100,14 +100,10 @@ class MMPS:
         sampler: str = SAMPLER,
         power: float = 7.0,
     ) -> None:
-        if not float(sigma_y) >= 0:
-            raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
         if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
             raise ValueError(f"cg_steps must be an integer >= 1, got {cg_steps!r}")
-        self.denoiser, self.sigma_y, self.schedule = denoiser, float(sigma_y), denoiser.schedule
-        self.operator = operator or Identity()
-        self.shape = observation_shape(self.operator, y, shape)
-        self.y = self.operator.observed(y)
+        self.denoiser, self.schedule = denoiser, denoiser.schedule
+        self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
         self.steps, self.cg_steps, self.sampler, self.power = steps, cg_steps, sampler, power
         make_sampler(sampler, denoiser)  # an unknown name fails here, not after the first draw
 

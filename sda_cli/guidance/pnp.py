@@ -1,0 +1,137 @@
+r"""Plug-and-play half-quadratic splitting (DPIR): a point estimate from the denoiser alone, no draws.
+
+For :math:`y = A x + \sigma_y n` with a linear :math:`A`, DPIR (Zhang et al., 2021, eq. 6-7 and Algorithm 1) splits
+:math:`\min_x \lVert y - A x \rVert^2 / 2\sigma_y^2 + \Phi(x)` into a data step and a prior step, alternated over
+noise ratios :math:`\rho_1 > \dots > \rho_K` spaced evenly in :math:`\log \rho` from ``rho_max`` down to
+:math:`\max(\sigma_y, \rho_\text{min})`:
+
+.. math:: z_k = \arg\min_z \lVert y - A z \rVert^2 + \frac{\lambda \sigma_y^2}{\rho_k^2} \lVert z - x_{k-1} \rVert^2
+              = x_{k-1} + \Big(A^\top A + \frac{\lambda \sigma_y^2}{\rho_k^2} I\Big)^{-1} A^\top (y - A x_{k-1}),
+          \qquad x_k = \hat{x}(\alpha_{t_k} z_k,\, t_k), \quad \rho_{t_k} = \rho_k,
+
+the prior step being the MMSE denoiser applied to :math:`z_k` as if it were :math:`x + \rho_k \varepsilon`. The
+output is :math:`x_K`. :math:`K` forward passes and no backward pass: the cheapest method, and the sharpest point
+estimate (the highest PSNR in ``benchmarks/restore_quality.py``), but one estimate, not a draw of
+:math:`p(x \mid y)`: it gives no spread, and on Gaussian data it is not the posterior mean either
+(``tests/test_guidance_operators.py`` measures how far).
+
+The start :math:`x_0` is the smoothest image that agrees with the observation,
+:math:`\arg\min_x \lVert y - A x \rVert^2 + \mu \lVert \nabla x \rVert^2` (finite differences, :math:`\mu` small),
+by conjugate gradients: bicubic-like upsampling for a block average, harmonic inpainting for a mask, a regularised
+deconvolution for a blur. DPIR starts from bicubic upsampling or the observation itself; this start serves every
+operator and their combinations.
+
+Defaults are DPIR's: :math:`\lambda = 0.23`, :math:`\rho_\text{max}` = 49/255 in pixel units (0.384 in model units),
+24 iterations.
+
+References:
+    Zhang et al., "Plug-and-Play Image Restoration with Deep Denoiser Prior", IEEE TPAMI 2021, arXiv:2008.13751.
+    Geman & Yang, "Nonlinear image recovery with half-quadratic regularization", IEEE TIP 1995.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
+from sda_cli.sampler import DenoiserLike
+
+__all__ = ["PnP", "smoothest_image"]
+
+
+def _gradient_norm_operator(x: Tensor) -> Tensor:
+    r""":math:`\nabla^\top \nabla x`: the 5-point Laplacian (negated) with zero-flux boundaries."""
+    rows, cols = x.diff(dim=-2), x.diff(dim=-1)
+    out = torch.zeros_like(x)
+    out[..., 1:, :] += rows
+    out[..., :-1, :] -= rows
+    out[..., :, 1:] += cols
+    out[..., :, :-1] -= cols
+    return out
+
+
+def smoothest_image(
+    operator: LinearOperator, y: Tensor, shape: Sequence[int], *, weight: float = 1e-3, steps: int = 100
+) -> Tensor:
+    r""":math:`\arg\min_x \lVert y - A x \rVert^2 + \mu \lVert \nabla x \rVert^2`, by ``steps`` conjugate-gradient
+    steps on :math:`(A^\top A + \mu \nabla^\top \nabla) x = A^\top y` (module docstring)."""
+    b = operator.adjoint(y)
+    if tuple(b.shape[1:]) != tuple(shape):
+        raise ValueError(f"the operator's adjoint gives images {tuple(b.shape[1:])}, expected {tuple(shape)}")
+    return conjugate_gradient(lambda v: operator.adjoint(operator(v)) + weight * _gradient_norm_operator(v), b, steps)
+
+
+class PnP:
+    r"""The DPIR estimate for :math:`y = A x + \sigma_y n` (module docstring).
+
+    ``operator``: a :class:`~sda_cli.operators.LinearOperator` (default: the identity); ``shape``: the images'
+    ``(C, H, W)`` when :math:`A` changes it; ``steps`` iterations, each one forward pass and ``cg_steps``
+    conjugate-gradient steps of the data step (no network); ``rho_min`` the last noise ratio when :math:`\sigma_y`
+    is smaller (for a noise-free observation).
+    """
+
+    STEPS, LAMBDA, RHO_MAX, RHO_MIN, CG_STEPS = 24, 0.23, 2 * 49 / 255, 2 * 1 / 255, 8
+
+    def __init__(
+        self,
+        denoiser: DenoiserLike,
+        y: Tensor,
+        sigma_y: float,
+        *,
+        operator: LinearOperator | None = None,
+        shape: Sequence[int] | None = None,
+        steps: int = STEPS,
+        lam: float = LAMBDA,
+        rho_max: float = RHO_MAX,
+        rho_min: float = RHO_MIN,
+        cg_steps: int = CG_STEPS,
+    ) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not lam > 0:
+            raise ValueError(f"lam must be positive, got {lam}")
+        if not 0 < rho_min <= rho_max < math.inf:
+            raise ValueError(f"need 0 < rho_min <= rho_max, got rho_min {rho_min} and rho_max {rho_max}")
+        if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
+            raise ValueError(f"cg_steps must be an integer >= 1, got {cg_steps!r}")
+        self.denoiser, self.schedule = denoiser, denoiser.schedule
+        self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
+        self.steps, self.lam, self.cg_steps = steps, float(lam), cg_steps
+        self.rho_max, self.rho_min = float(rho_max), float(rho_min)
+
+    def ratios(self) -> list[float]:
+        r""":math:`\rho_1 > \dots > \rho_K`, evenly spaced in :math:`\log \rho`."""
+        last = min(max(self.sigma_y, self.rho_min), self.rho_max)
+        if self.steps == 1:
+            return [last]
+        step = (math.log(last) - math.log(self.rho_max)) / (self.steps - 1)
+        return [math.exp(math.log(self.rho_max) + k * step) for k in range(self.steps)]
+
+    def data_step(self, x: Tensor, rho: float) -> Tensor:
+        """:math:`z_k` (module docstring): ``cg_steps`` conjugate-gradient steps, no network."""
+        a, weight = self.operator, self.lam * self.sigma_y**2 / rho**2
+        residual = a.adjoint(self.y - a(x))
+        return x + conjugate_gradient(lambda v: a.adjoint(a(v)) + weight * v, residual, self.cg_steps)
+
+    def prior_step(self, z: Tensor, rho: float) -> Tensor:
+        r""":math:`\hat{x}(\alpha_t z, t)` at the time :math:`t` whose noise ratio is :math:`\rho`."""
+        t = float(self.schedule.time_of_ratio(torch.tensor(rho, dtype=torch.float64)))
+        alpha, _ = self.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+        return self.denoiser(float(alpha) * z, t)
+
+    @torch.no_grad()
+    def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
+        """The estimate for each observation, shaped ``(B, *shape)``; deterministic (``generator`` is unused)."""
+        x = smoothest_image(self.operator, self.y, self.shape)
+        for rho in self.ratios():
+            x = self.prior_step(self.data_step(x, rho), rho)
+        return x
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations, each one forward pass."""
+        return self.steps
