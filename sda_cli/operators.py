@@ -292,7 +292,7 @@ def observation_shape(operator: LinearOperator, y: Tensor, shape: Sequence[int] 
 def linear_observation(
     operator: LinearOperator | None, y: Tensor, sigma_y: float, shape: Sequence[int] | None
 ) -> tuple[LinearOperator, Tensor, tuple[int, ...], float]:
-    """The checked parts of :math:`y = A x + \sigma_y n` that the posterior methods take: :math:`A` (the identity for
+    r"""The checked parts of :math:`y = A x + \sigma_y n` that the posterior methods take: :math:`A` (the identity for
     ``None``), ``y`` with the values :math:`A x` never carries set to 0, the images' shape ``(C, H, W)``
     (:func:`observation_shape`) and :math:`\sigma_y \geq 0`."""
     if not float(sigma_y) >= 0:
