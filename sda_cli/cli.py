@@ -904,7 +904,8 @@ def restore_command(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    """Recover full-size images from observations y = A x + sigma n by sampling p(x | y) with the model as prior.
+    """Recover full-size images from observations y = A x + sigma n with the model as prior: one plug-and-play estimate
+    (pnp, the default), or the mean of --samples draws of p(x | y) with a sampling method such as mmps.
 
     Give the operator options that made the observation (see `sda degrade`); the missing pixels of a mask are
     ignored. 8- and 16-bit observations were clipped: their pixels at 0 and 1 (observed ones only, and only when
