@@ -28,7 +28,7 @@ one. From them:
   per-pixel standard deviation (Bessel's correction, the ``--std`` map): 1 when the draws are exact posterior
   draws, as the error of the mean of K of them is the posterior variance plus its Monte-Carlo part;
 * ``NFE/draw``: the network evaluations of one draw, the method object's ``nfe`` (``mmps``: each evaluation also
-  runs ``cg_steps + 1`` backward passes);
+  runs ``solver_steps + 1`` backward passes);
 * ``s/image``: wall seconds of the ``restore`` calls divided by the images, all K draws included, with
   ``--threads`` CPU threads. Images and their draws are batched into calls of at most what one network call takes
   (``restore.PIXELS_PER_CALL`` pixels, a quarter of it for the methods with backward passes), so that the
@@ -49,7 +49,7 @@ biharmonic, box 0.5 dB, blur 1.5 dB above Wiener; and ``mmps``'s std ratio withi
 
 Run from the repository root. ``pnp`` takes about 2 s per 32×32 image on one core (24 forward passes), so 1,000
 images and five tasks take about 3 hours. A full run of the samplers takes days, not hours, on this 2-core CPU: at
-1 thread beside a training run, ``mmps`` (Heun's 64 steps, 3 conjugate-gradient steps) took about 46 s per draw per
+1 thread beside a training run, ``mmps`` (Heun's 64 steps, 3 solver steps) took about 46 s per draw per
 32×32 image (about 6 minutes per image at K = 8) and ``diffpir`` about 6.5 s per draw; at K = 8 that is about 20
 days of one core for ``mmps`` alone on 1,000 images and five tasks, and ``dps`` (1,000 steps with backward passes)
 and ``sda`` (256 predictor-corrector steps) run more network passes per draw than ``mmps``. ``--count``,

@@ -434,7 +434,7 @@ r"""The methods of :func:`restore` that draw samples of :math:`p(x \mid y)`."""
 
 RESTORE_OPTIONS: dict[str, tuple[str, ...]] = {
     "pnp": ("lam", "rho_max", "cg_steps"),
-    "mmps": ("cg_steps",),
+    "mmps": ("solver_steps",),
     "dps": ("zeta",),
     "diffpir": ("lam", "zeta", "cg_steps"),
     "sda": ("gamma", "corrections", "tau"),
@@ -490,8 +490,8 @@ def _passes(method: str, posterior: PnP | MMPS | DPS | DiffPIR | SDA, one_call: 
     else a forward pass and a tile-by-tile backward pass (:meth:`TiledDenoiser.mean_and_vjp`); ``mmps``'s products
     reuse its kept forward pass when it fits one call (:meth:`TiledDenoiser.linearise`)."""
     vjp = 1 if one_call else 2
-    if method == "mmps":  # x_hat, then a product per conjugate-gradient step and one for the score, on the kept pass
-        products = 0 if one_call else 2 * (posterior.cg_steps + 1)  # type: ignore[union-attr]
+    if method == "mmps":  # x_hat, then a product per solver step and one for the score, on the kept pass
+        products = 0 if one_call else 2 * (posterior.solver_steps + 1)  # type: ignore[union-attr]
         return posterior.nfe * (1 + products)
     if method == "dps":  # a product per step, then the final estimate
         return (posterior.nfe - 1) * vjp + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from sda_cli.operators import (
     Mask,
     conjugate_gradient,
     make_operator,
+    minimal_residual,
     operator_matrix,
     reflect_indices,
 )
@@ -204,6 +206,30 @@ def test_images_an_operator_cannot_take_are_refused(op: LinearOperator, shape: t
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match=match):
         op(torch.zeros(shape))
+
+
+def test_minimal_residual_solves_nonsymmetric_systems() -> None:
+    """GMRES on a non-symmetric 10 x 10 system per row, one with negative eigenvalues in its symmetric part: solved
+    after 10 steps (to rounding), its residual never growing with the steps, where conjugate gradients on the same
+    system diverge or stall; a positive-definite system gives conjugate gradients' solution; a zero right-hand side
+    stays 0."""
+    generator = torch.Generator().manual_seed(16)
+    matrix = torch.eye(10, dtype=F64) + 0.6 * torch.randn(10, 10, generator=generator, dtype=F64)
+    b = torch.randn(3, 10, generator=generator, dtype=F64)
+    b[2] = 0
+    exact = b @ torch.linalg.inv(matrix).T
+    residuals = [float((b - minimal_residual(lambda v: v @ matrix.T, b, k) @ matrix.T).norm()) for k in range(1, 11)]
+    assert all(later <= earlier + 1e-12 for earlier, later in pairwise(residuals))
+    torch.testing.assert_close(minimal_residual(lambda v: v @ matrix.T, b, 10), exact, rtol=1e-8, atol=1e-10)
+    assert float((conjugate_gradient(lambda v: v @ matrix.T, b, 10) - exact).abs().max()) > 1e-3
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=F64))
+    positive = (q * torch.logspace(-1, 0, 8, dtype=F64)) @ q.T
+    torch.testing.assert_close(
+        minimal_residual(lambda v: v @ positive, b[:, :8], 8), conjugate_gradient(lambda v: v @ positive, b[:, :8], 8)
+    )
+    assert bool((minimal_residual(lambda v: v @ matrix.T, b, 4)[2] == 0).all())
+    with pytest.raises(ValueError, match="integer >= 1"):
+        minimal_residual(lambda v: v, b, 0)
 
 
 def test_conjugate_gradient_solves_each_row_of_a_batch() -> None:
