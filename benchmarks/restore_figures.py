@@ -31,7 +31,7 @@ root; the README's pictures were made, on one core at 1 thread, with
 
     taskset -c 0 python benchmarks/restore_figures.py --sampler diffpir --samples 8
 
-``--sampler`` defaults to ``mmps`` (the best-calibrated draws, about six times slower than ``diffpir``), ``--tasks``
+``--sampler`` defaults to ``mmps`` (exact on Gaussian data, about six times slower than ``diffpir``), ``--tasks``
 to all five.
 """
 

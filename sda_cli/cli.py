@@ -870,7 +870,7 @@ def restore_command(
         str,
         typer.Option(
             help="pnp (one estimate, the best PSNR and the fastest; no draws), or a sampler of p(x | y): mmps "
-            "(exact for a Gaussian prior, the best-calibrated draws: use it with --samples and --std), dps, diffpir "
+            "(exact for a Gaussian prior: use it with --samples and --std), dps, diffpir "
             "(no backward pass through the network) or sda (needs --sigma > 0)."
         ),
     ] = "pnp",
