@@ -81,10 +81,9 @@ from sda_cli.denoiser import Denoiser
 from sda_cli.operators import LinearOperator, gaussian_kernel, make_operator
 from sda_cli.restore import (
     _RESTORE_CLASSES,
-    BACKWARD_FACTOR,
-    PIXELS_PER_CALL,
     RESTORE_METHODS,
     SAMPLING_METHODS,
+    batch_pixels,
     image_size,
     restore,
 )
@@ -242,7 +241,7 @@ def run_method(
     per image."""
     k, count = (args.samples if method in SAMPLING_METHODS else 1), y.shape[0]
     height, width = image_size(operator, *y.shape[-2:])
-    per_call = PIXELS_PER_CALL // (1 if method in ("pnp", "diffpir") else BACKWARD_FACTOR)
+    per_call = batch_pixels(method)
     chunk = max(1, per_call // (height * width) // k)
     generator, _ = seeded_generator(args.seed, "restore")
     parts = []

@@ -53,6 +53,7 @@ __all__ = [
     "PIXELS_PER_CALL",
     "RESTORE_METHODS",
     "TiledDenoiser",
+    "batch_pixels",
     "check_sigma",
     "default_steps",
     "default_tile",
@@ -423,11 +424,11 @@ def _quantisation_step(clipped: str, bit_depth: int | None) -> float | None:
 
 
 RESTORE_METHODS: tuple[str, ...] = ("pnp", "mmps", "dps", "diffpir", "sda")
-"""Methods of :func:`restore`: :class:`PnP` (the default: one deterministic estimate, the highest PSNR of all and the
-cheapest, in ``benchmarks/restore_quality.py``), and the posterior samplers :class:`MMPS` (exact for a Gaussian
-prior, the one that passes the closed-form chi-squared tests of ``tests/test_guidance_operators.py``: the method for
-``samples`` and the spread), :class:`DPS`, :class:`DiffPIR` (no backward pass through the network) and
-:class:`SDA`."""
+"""Methods of :func:`restore`: :class:`PnP` (the default: one deterministic estimate, the cheapest, and the highest
+PSNR of the methods where they were compared, README "restore"), and the posterior samplers :class:`MMPS` (exact
+for a Gaussian prior, the one that passes the closed-form chi-squared tests of ``tests/test_guidance_operators.py``:
+the method for ``samples`` and the spread), :class:`DPS`, :class:`DiffPIR` (no backward pass through the network)
+and :class:`SDA`."""
 
 SAMPLING_METHODS: tuple[str, ...] = RESTORE_METHODS[1:]
 r"""The methods of :func:`restore` that draw samples of :math:`p(x \mid y)`."""
@@ -483,6 +484,12 @@ def _model_units(
     if not bool((ones == 1).all()):
         y = y + (1 - ones)
     return operator.observed(y)
+
+
+def batch_pixels(method: str) -> int:
+    """The pixels one network call of ``method`` takes: :data:`PIXELS_PER_CALL` for the forward-only methods
+    (``pnp``, ``diffpir``), a :data:`BACKWARD_FACTOR`-th of it for those that keep a graph for backward passes."""
+    return PIXELS_PER_CALL // (1 if method in ("pnp", "diffpir") else BACKWARD_FACTOR)
 
 
 def _passes(method: str, posterior: PnP | MMPS | DPS | DiffPIR | SDA, one_call: bool) -> int:
@@ -571,7 +578,7 @@ def restore(
     device = next(model.parameters()).device
     if generator is None:
         generator, _ = seeded_generator(seed, "denoise" if isinstance(operator, Identity) else "restore", device)
-    per_call = PIXELS_PER_CALL // (1 if method in ("pnp", "diffpir") else BACKWARD_FACTOR)
+    per_call = batch_pixels(method)
     side, overlap = default_tile(model, tile)
     denoiser = TiledDenoiser(model, side, overlap, per_call)
 

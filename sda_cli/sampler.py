@@ -68,6 +68,7 @@ __all__ = [
     "alpha_sigma",
     "epsilon_from_mean",
     "make_sampler",
+    "positive_int",
     "prior_noise",
     "randn_like",
     "score_from_mean",
@@ -105,7 +106,8 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+def positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``, else ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -127,7 +129,7 @@ def time_grid(
     t_start, t_stop = float(t_start), float(t_stop)
     if not 0.0 <= t_stop < t_start <= 1.0:
         raise ValueError(f"need 0 <= t_stop < t_start <= 1, got t_start={t_start}, t_stop={t_stop}")
-    _positive_int("steps", steps)
+    positive_int("steps", steps)
     if not power > 0:
         raise ValueError(f"power must be positive, got {power}")
     ends = schedule.ratio(torch.tensor([t_start, t_stop], dtype=torch.float64))
@@ -236,7 +238,7 @@ class Sampler:
     def nfe(self, steps: int, *, denoise: bool = True) -> int:
         r"""The denoiser evaluations of ``steps`` steps (and the final Tweedie step if ``denoise``), for a schedule
         whose :math:`\sigma` stays positive, as all the shipped ones do."""
-        return _positive_int("steps", steps) * self.evaluations_per_step + int(denoise)
+        return positive_int("steps", steps) * self.evaluations_per_step + int(denoise)
 
 
 class Ancestral(Sampler):
@@ -357,7 +359,7 @@ class PC(Sampler):
         super().__init__(denoiser, generator=generator)
         if not tau > 0:
             raise ValueError(f"tau must be positive, got {tau}")
-        self.corrections = _positive_int("corrections", corrections, minimum=0)
+        self.corrections = positive_int("corrections", corrections, minimum=0)
         self.tau, self.adaptive = float(tau), bool(adaptive)
         self.evaluations_per_step = 1 + self.corrections
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
-from sda_cli.sampler import DenoiserLike, Sampler, alpha_sigma, epsilon_from_mean, prior_noise
+from sda_cli.sampler import DenoiserLike, Sampler, alpha_sigma, epsilon_from_mean, positive_int, prior_noise
 
 __all__ = ["DiffPIR"]
 
@@ -97,8 +97,7 @@ class DiffPIR:
             raise ValueError(f"lam must be positive, got {lam}")
         if not 0 <= zeta <= 1:
             raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
-        if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-            raise ValueError(f"cg_steps must be an integer >= 1, got {cg_steps!r}")
+        positive_int("cg_steps", cg_steps)
         self.denoiser, self.schedule = denoiser, denoiser.schedule
         self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
         self.steps, self.lam, self.zeta, self.cg_steps, self.power = steps, float(lam), float(zeta), cg_steps, power

@@ -11,7 +11,7 @@ noise ratios :math:`\rho_1 > \dots > \rho_K` spaced evenly in :math:`\log \rho` 
 
 the prior step being the MMSE denoiser applied to :math:`z_k` as if it were :math:`x + \rho_k \varepsilon`. The
 output is :math:`x_K`. :math:`K` forward passes and no backward pass: the cheapest method, and the sharpest point
-estimate (the highest PSNR in ``benchmarks/restore_quality.py``), but one estimate, not a draw of
+estimate (the highest PSNR of the methods where they were compared, README "restore"), but one estimate, not a draw of
 :math:`p(x \mid y)`: it gives no spread, and on Gaussian data it is not the posterior mean either
 (``tests/test_guidance_operators.py`` measures how far).
 
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
-from sda_cli.sampler import DenoiserLike
+from sda_cli.sampler import DenoiserLike, positive_int
 
 __all__ = ["PnP", "smoothest_image"]
 
@@ -90,14 +90,12 @@ class PnP:
         rho_min: float = RHO_MIN,
         cg_steps: int = CG_STEPS,
     ) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        positive_int("steps", steps)
         if not lam > 0:
             raise ValueError(f"lam must be positive, got {lam}")
         if not 0 < rho_min <= rho_max < math.inf:
             raise ValueError(f"need 0 < rho_min <= rho_max, got rho_min {rho_min} and rho_max {rho_max}")
-        if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-            raise ValueError(f"cg_steps must be an integer >= 1, got {cg_steps!r}")
+        positive_int("cg_steps", cg_steps)
         self.denoiser, self.schedule = denoiser, denoiser.schedule
         self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
         self.steps, self.lam, self.cg_steps = steps, float(lam), cg_steps
