@@ -166,14 +166,17 @@ def test_a_file_replaced_at_every_read_gives_a_one_line_error(tmp_path: Path, mo
 def test_loading_while_another_thread_saves_always_gives_one_whole_version(tmp_path: Path) -> None:
     """Saving in a loop (a training run) while loading in another: every load succeeds and is one version.
 
-    The writer saves once each time a load begins, so loads keep running into saves in progress, but, as with a
-    training run (whose steps between saves take longer than a load), no load sees more than two replacements: never
-    the 5 after which loading gives up (test_a_file_replaced_at_every_read_gives_a_one_line_error). A writer saving
-    flat out made the outcome depend on how a loaded machine scheduled the two threads (it failed twice in two runs).
+    Each load starts one save in the other thread, which may run during the load, and the next load begins only once
+    that save has finished. So loads keep running into saves in progress, but, as with a training run (whose steps
+    between saves take longer than a load), no load sees more than two replacements: never the 5 after which loading
+    gives up (test_a_file_replaced_at_every_read_gives_a_one_line_error). Load i begins after save i - 1 and ends
+    before save i + 1 begins, so it sees step i - 1 or i, and the steps seen rise at least every other load whatever
+    the scheduling. (A writer saving flat out, or one the loader did not wait for, made the count depend on how a
+    loaded machine scheduled the two threads.)
     """
     path = tmp_path / "m.state.safetensors"
     _version(path, 0)
-    stop, load_started = threading.Event(), threading.Event()
+    stop, load_started, saved = threading.Event(), threading.Event(), threading.Event()
 
     def save_once_per_load() -> None:
         step = 1
@@ -181,18 +184,22 @@ def test_loading_while_another_thread_saves_always_gives_one_whole_version(tmp_p
             load_started.clear()
             _version(path, step)
             step += 1
+            saved.set()
 
     writer = threading.Thread(target=save_once_per_load)
     writer.start()
-    steps = set()
+    steps = []
     try:
         for _ in range(LOADS):
+            saved.clear()
             load_started.set()
             tensors, metadata = load_state(path)
             _assert_whole(tensors, metadata)
-            steps.add(metadata["step"])
+            steps.append(metadata["step"])
+            assert saved.wait(timeout=120)
     finally:
         stop.set()
         load_started.set()
         writer.join()
-    assert len(steps) > 10  # the file really was replaced under the reader
+    assert all(i - 1 <= step <= i for i, step in enumerate(steps, start=1)), steps
+    assert len(set(steps)) >= LOADS // 2  # the file really was replaced under the reader
