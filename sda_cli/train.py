@@ -258,8 +258,9 @@ def train(
                 "optimiser_start": optimiser_start,
             },
         )
-        with open(out.with_name(out.name.removesuffix(".safetensors") + ".log.csv"), "a") as handle:
-            handle.write(f"{at_step},{loss_sum / max(loss_count, 1):.6f},{seconds:.1f}\n")
+        if loss_count:  # a stop right after a checkpoint saves again but has no new loss to log
+            with open(out.with_name(out.name.removesuffix(".safetensors") + ".log.csv"), "a") as handle:
+                handle.write(f"{at_step},{loss_sum / loss_count:.6f},{seconds:.1f}\n")
 
     ema_params, params = list(ema.parameters()), list(unet.parameters())
     started = time.perf_counter() - wall

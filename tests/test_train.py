@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sda_cli.checkpoint import load_model, read_metadata
 from sda_cli.data import image_folder
-from sda_cli.train import TrainConfig, TrainingError, state_path_for, train
+from sda_cli.train import StepReport, TrainConfig, TrainingError, state_path_for, train
 
 CONFIG = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, seed=1)
 CPU = torch.device("cpu")
@@ -43,6 +43,23 @@ def test_resume_from_weights_alone(tmp_path: Path, image_dir: Path) -> None:
     after, config = load_model(out)
     assert config["training"]["step"] == 6
     assert not torch.equal(before.backbone.stem.weight, after.backbone.stem.weight)
+
+
+def test_a_stop_right_after_a_checkpoint_logs_no_empty_row(tmp_path: Path, image_dir: Path) -> None:
+    """Ctrl-C just after the step-3 checkpoint saves again, but the loss log keeps one row per step, each a mean of
+    real losses (a row of 0 once made the loss curve fail to draw)."""
+
+    def interrupt_at_checkpoint(report: StepReport) -> None:
+        if report.checkpointed:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY_MODEL, CONFIG, image_folder(image_dir, 16), out, device=CPU, on_step=interrupt_at_checkpoint)
+    rows = [line.split(",") for line in (tmp_path / "m.log.csv").read_text().splitlines()]
+    assert [int(step) for step, _, _ in rows] == [3]
+    assert float(rows[0][1]) > 0
+    assert read_metadata(out)["training"]["step"] == 3
 
 
 def test_a_fresh_optimiser_warms_up_again(tmp_path: Path, image_dir: Path) -> None:
