@@ -1,0 +1,219 @@
+"""One 512 × 512 photo through ``sda restore``: wall time and peak memory of each method on ×2 super-resolution and on
+half of the pixels missing.
+
+What. A ``--size`` × ``--size`` RGB photo (default 512), the first McMaster photo by name (500 × 500) upscaled
+(bicubic), saved as an 8-bit PNG, observed by ``sda degrade`` with noise σ = 0.01 (``--seed 0``) on two tasks:
+
+* ``sr2``: ×2 super-resolution, ``sda degrade CLEAN --scale 2 --sigma 0.01 --seed 0``;
+* ``random50``: half of the pixels missing, ``sda degrade CLEAN --mask MASK --sigma 0.01 --seed 0``, MASK a
+  one-channel PNG, white at exactly half of the pixels, drawn by ``numpy.random.default_rng(0)``.
+
+Each of ``--methods`` (default ``pnp`` and ``diffpir``; ``mmps`` is allowed but takes far longer) restores each
+observation with ``sda restore OBS -o OUT [--scale 2 | --mask MASK] --sigma 0.01 --method M --seed 0 --precision
+fp32`` at its default steps and tile, with ``--model NAME`` when given, else the CLI's default model: one row per task
+and method with the network evaluations of the method (its object's ``nfe``, each evaluation tiled as the CLI tiles
+it), the wall seconds of the whole command (process start, model load, reading and writing the PNGs included), the
+peak resident memory of that process, and the target at 512 × 512: under 120 s (issue requirement: a 512×512 photo
+with ×2 super-resolution and with 50% of its pixels missing, on the default model, each in under 2 minutes with the
+fastest method on 2 cores). Below the table, the fastest method of each task and whether it meets the target. PSNR
+against the clean upscaled photo is shown for reference only. The model the command loaded is the one its
+``--verbose`` line names, so the table reports ``sda restore``'s own default, whatever it is.
+
+How. ``benchmarks/photo_quality.py``'s ``run``: ``OMP_NUM_THREADS=--threads``, ``os.wait4`` for the peak RSS.
+Run from the repository root on an otherwise idle machine (a training run beside it halves the speed); fewer
+threads than 2 give an upper bound of the time on 2 cores. ``--size 128`` makes a quick trial:
+
+    python benchmarks/restore_speed.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from photo_quality import PHOTOS, Run, run, sda
+from PIL import Image
+
+TITLE = "A 512×512 photo through sda restore"
+"""The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
+
+TARGET_SECONDS = 120.0
+"""The target: each task in under 2 minutes with the fastest method."""
+
+TARGET_SIZE = 512
+"""The side the target is stated for; other ``--size`` runs show no verdict."""
+
+SIGMA = "0.01"
+"""The observation noise in pixel units."""
+
+TASKS = {"sr2": "×2 super-resolution (2×2 block average)", "random50": "50% of the pixels missing (random mask)"}
+
+MODEL_LINE = re.compile(r"^model: (?P<path>.+?); device:", re.MULTILINE)
+"""The line ``sda restore --verbose`` prints on stderr for the model it loaded."""
+
+
+def parse_args() -> argparse.Namespace:
+    from sda_cli.restore import RESTORE_METHODS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--methods", nargs="+", default=["pnp", "diffpir"], choices=RESTORE_METHODS, help="sda restore --method"
+    )
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--model", default=None, help="--model of sda restore (default: none, the CLI's default)")
+    parser.add_argument("--size", type=int, default=TARGET_SIZE, help="side of the photo (even)")
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each command")
+    parser.add_argument("--work", type=Path, default=None, help="where the images go (default: a temp dir)")
+    parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if args.size < 32 or args.size % 2:
+        parser.error("--size must be even and at least 32")
+    args.methods = list(dict.fromkeys(args.methods))
+    args.tasks = list(dict.fromkeys(args.tasks))
+    return args
+
+
+def photo(size: int, path: Path) -> None:
+    """The first McMaster photo, upscaled (bicubic) to ``size`` × ``size``."""
+    source = Image.open(sorted(PHOTOS.glob("*.tif"), key=lambda p: int(p.stem))[0]).convert("RGB")
+    source.resize((size, size), Image.BICUBIC).save(path)
+
+
+def random_mask(size: int, path: Path) -> None:
+    """A one-channel PNG, white (observed) at exactly half of the pixels, drawn by ``default_rng(0)``."""
+    count = size * size
+    observed = np.zeros(count, dtype=np.uint8)
+    observed[np.random.default_rng(0).permutation(count)[: count // 2]] = 255
+    Image.fromarray(observed.reshape(size, size), mode="L").save(path)
+
+
+def read(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+@functools.cache
+def nfe(method: str, model: str) -> str:
+    """Network evaluations of one draw of ``method`` with ``model`` (a file or a shipped name): the ``nfe`` of its
+    object at its default steps (the operator does not change it), or ``—`` when it cannot be built."""
+    from sda_cli.models import load_model
+    from sda_cli.operators import make_operator
+    from sda_cli.restore import _RESTORE_CLASSES
+
+    try:
+        denoiser = load_model(model, device="cpu", precision="fp32")
+        operator = make_operator(scale=2)
+        y = operator(torch.zeros(1, 3, 2, 2))
+        return str(_RESTORE_CLASSES[method](denoiser, y, 0.02, operator=operator, shape=(3, 2, 2)).nfe)
+    except Exception:  # a column for reference: the timing rows matter
+        return "—"
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    options = {"sr2": ["--scale", "2"], "random50": []}
+    rows: list[list[str]] = []
+    best: dict[str, tuple[str, float]] = {}
+    loaded: Path | None = None
+    with work_folder(args.work, "sda-restore-speed-") as work:
+        clean, mask = work / "clean.png", work / "mask.png"
+        photo(args.size, clean)
+        random_mask(args.size, mask)
+        options["random50"] = ["--mask", str(mask)]
+        truth = read(clean)[None]
+        for task in args.tasks:
+            observed = work / f"{task}_obs.png"
+            degrade = sda("degrade", str(clean), *options[task], "--sigma", SIGMA, "--seed", "0", "-o", str(observed))
+            made = run([*degrade, "-q"], 1)
+            if made.error:
+                raise SystemExit(f"sda degrade ({task}) failed: {made.error}")
+            for method in args.methods:
+                out = work / f"{task}_{method}.png"
+                command = sda("restore", str(observed), "-o", str(out), *options[task], "--sigma", SIGMA)
+                command += ["--method", method, "--seed", "0", "--precision", "fp32", "-q", "-v"]
+                command += [] if args.model is None else ["--model", args.model]
+                result: Run = run(command, args.threads)
+                found = MODEL_LINE.search(result.stderr)
+                name = Path(found["path"]).stem if found else (args.model or "?")
+                if found and loaded is None:
+                    loaded = Path(found["path"])
+                evaluations = nfe(method, found["path"] if found else args.model or "?")
+                if result.error:
+                    rows.append([task, method, name, evaluations, result.error, "—", "—", "—"])
+                    print(" | ".join(rows[-1]), flush=True)
+                    continue
+                quality = float(psnr(read(out)[None], truth)[0])
+                verdict = "PASS" if result.seconds < TARGET_SECONDS else "FAIL"
+                target = f"< {TARGET_SECONDS:g} s: {verdict}" if args.size == TARGET_SIZE else "—"
+                rows.append(
+                    [
+                        task,
+                        method,
+                        name,
+                        evaluations,
+                        f"{result.seconds:.1f}",
+                        f"{result.memory:.0f}",
+                        f"{quality:.2f}",
+                        target,
+                    ]
+                )
+                print(" | ".join(rows[-1]), flush=True)
+                if task not in best or result.seconds < best[task][1]:
+                    best[task] = (method, result.seconds)
+    verdicts = []
+    for task in args.tasks:
+        if task not in best:
+            verdicts.append(f"- {task}: no method finished")
+            continue
+        method, seconds = best[task]
+        if args.size != TARGET_SIZE:
+            meets = f"no verdict at {args.size}×{args.size} (the target is for {TARGET_SIZE}×{TARGET_SIZE})"
+        else:
+            meets = f"{'PASS' if seconds < TARGET_SECONDS else 'FAIL'} (< {TARGET_SECONDS:g} s)"
+        verdicts.append(f"- {task}: fastest method {method}, {seconds:.1f} s: {meets}")
+    where = "the command's default" if args.model is None else f"`--model {args.model}`"
+    if loaded is None:
+        checkpoint = f"{where}: not found (no command named its model)"
+    else:
+        checkpoint = f"{where}: {checkpoint_line(loaded)}"
+    bound = (
+        f" At {args.threads} thread(s) the times are an upper bound of those on the target's 2 cores."
+        if args.threads < 2
+        else ""
+    )
+    text = "\n".join(
+        [
+            header(TITLE, checkpoint),
+            f"One {args.size}×{args.size} RGB photo (the first McMaster photo upscaled, bicubic), 8-bit PNG, observed "
+            f"by `sda degrade --sigma {SIGMA} --seed 0` on each task: "
+            + "; ".join(f"{task}: {TASKS[task]}" for task in args.tasks)
+            + " (one-channel mask, exactly half white, numpy `default_rng(0)`). Restored by `sda restore --sigma "
+            f"{SIGMA} --method M --seed 0 --precision fp32` with the task's operator option, at the method's default "
+            f"steps and tile, in a fresh process with OMP_NUM_THREADS={args.threads}, on {affinity} of "
+            f"{os.cpu_count()} CPUs (CPU affinity), load average {load:.2f} at the start.{bound} NFE: network "
+            "evaluations of the whole image (each one tiled as the CLI tiles it). Seconds: wall time of the whole "
+            "command (start, model load, PNG reading and writing included). PSNR against the clean photo, for "
+            "reference only.",
+            "",
+            table(["task", "method", "model", "NFE", "seconds", "peak RSS (MB)", "PSNR (dB)", "target"], rows),
+            "",
+            "Fastest method per task (issue: each task in under 2 minutes with the fastest method on 2 cores):",
+            *verdicts,
+        ]
+    )
+    print()
+    print(text)
+    if args.record:
+        record(TITLE, text)
+
+
+if __name__ == "__main__":
+    main()
