@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from large_photo import read
 from photo_quality import PHOTOS, Run, run, sda
 from PIL import Image
 
@@ -91,10 +92,6 @@ def random_mask(size: int, path: Path) -> None:
     observed = np.zeros(count, dtype=np.uint8)
     observed[np.random.default_rng(0).permutation(count)[: count // 2]] = 255
     Image.fromarray(observed.reshape(size, size), mode="L").save(path)
-
-
-def read(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
 @functools.cache
