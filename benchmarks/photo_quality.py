@@ -28,6 +28,11 @@ megapixels denoised; peak memory is the ``ru_maxrss`` that ``os.wait4`` returns 
 set, with the Python interpreter and torch or numpy in it). Commands run with ``OMP_NUM_THREADS=--threads``.
 A command that fails gives its row ``n/a`` with the command's error line, and the script goes on.
 
+With ``--reuse`` (and ``--work``), a method whose output folder holds a ``run.json`` written by an earlier run of
+the same command, on noisy files and a model file with the same bytes (SHA-256) and the same ``--threads``, is not
+run again: its files are scored again and its s/MP and memory are the earlier run's. This spares CBM3D's hour when
+only a model changes. The table says which rows were reused.
+
 Run from the repository root with the benchmark extras (``pip install -e ".[benchmark]"``). Each method takes
 minutes per megapixel on this 2-core CPU (300 to 560 s/MP at 1 thread beside a training run), and the 18 photos are
 4.5 MP, so the full run takes hours; ``--count`` and ``--sigmas`` run a part:
@@ -39,6 +44,8 @@ minutes per megapixel on this 2-core CPU (300 to 560 s/MP at 1 thread beside a t
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -112,6 +119,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each command")
     parser.add_argument("--work", type=Path, default=None, help="where the images go (default: a temp dir)")
     parser.add_argument(
+        "--reuse", action="store_true", help="reuse a method's outputs in --work when its command and inputs match"
+    )
+    parser.add_argument(
         "--record", action="store_true", help="also write the tables as their section of benchmarks/RESULTS.md"
     )
     args = parser.parse_args()
@@ -134,6 +144,8 @@ def parse_args() -> argparse.Namespace:
     if any(s <= 0 for s in args.sigmas):
         parser.error("--sigmas must be positive (in /255)")
     args.sigmas = list(dict.fromkeys(args.sigmas))
+    if args.reuse and args.work is None:
+        parser.error("--reuse needs --work (the folder of the earlier run)")
     if args.count < 1:
         parser.error("--count must be at least 1")
     return args
@@ -226,6 +238,7 @@ class Row:
     memory: float | None = None
     sigma_error: float | None = None
     error: str | None = None
+    reused: bool = False
 
 
 def scores(folder: Path, clean: Path, names: list[str]) -> tuple[float, float]:
@@ -240,18 +253,44 @@ def scores(folder: Path, clean: Path, names: list[str]) -> tuple[float, float]:
     return float(np.mean(psnrs)), float(np.mean(ssims))
 
 
+def run_key(command: list[str], inputs: list[Path], threads: int) -> str:
+    """SHA-256 of the command, the bytes of its input files (noisy images, model) and the thread count."""
+    digest = hashlib.sha256(json.dumps([command, threads]).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def measured(
-    method: str, command: list[str], out: Path, work: Path, names: list[str], args: argparse.Namespace
+    method: str,
+    command: list[str],
+    out: Path,
+    work: Path,
+    names: list[str],
+    args: argparse.Namespace,
+    inputs: list[Path],
 ) -> tuple[Row, Run]:
-    """Run one denoising command into ``out`` and score its files."""
+    """Run one denoising command into ``out`` and score its files; with ``--reuse``, an earlier identical run's
+    files and measurements (its ``run.json``) stand in for running it again."""
     out.mkdir(parents=True, exist_ok=True)  # an existing folder: the CLI writes OUT/<name> even for one input
+    key, log = run_key(command, inputs, args.threads), out / "run.json"
+    if args.reuse and log.is_file() and all((out / name).is_file() for name in names):
+        earlier = json.loads(log.read_text())
+        if earlier["key"] == key:
+            value, ssim = scores(out, work / "clean", names)
+            result = Run(earlier["seconds"], earlier["memory"], earlier["stderr"])
+            return Row(method, value, ssim, earlier["seconds_per_mp"], earlier["memory"], reused=True), result
+    log.unlink(missing_ok=True)
     result = run(command, args.threads)
     if result.error is not None:
         print(f"{method}: {result.error}", file=sys.stderr, flush=True)
         return Row(method, error=result.error), result
     megapixels = len(names) * args.megapixels_per_image
     value, ssim = scores(out, work / "clean", names)
-    return Row(method, value, ssim, result.seconds / megapixels, result.memory), result
+    row = Row(method, value, ssim, result.seconds / megapixels, result.memory)
+    measurements = {"seconds": result.seconds, "seconds_per_mp": row.seconds_per_mp, "memory": result.memory}
+    log.write_text(json.dumps({"key": key, **measurements, "stderr": result.stderr}))
+    return row, result
 
 
 def sigma_error(stderr: str, level: float, count: int) -> float | None:
@@ -278,16 +317,18 @@ def measure_level(level: float, args: argparse.Namespace, work: Path, names: lis
     if done.returncode != 0:
         raise SystemExit(f"sda noise failed at sigma {sigma}: {error_line(done.stderr)}")
     rows = [Row("noisy input", *scores(noisy, work / "clean", names))]
+    inputs = [noisy / name for name in names]
     if not args.no_bm3d:
         command = [sys.executable, "-c", CBM3D_SCRIPT, repr(level / 255), str(noisy), str(work / f"cbm3d_{tag}")]
-        rows.append(measured("CBM3D", command, work / f"cbm3d_{tag}", work, names, args)[0])
+        rows.append(measured("CBM3D", command, work / f"cbm3d_{tag}", work, names, args, inputs)[0])
     tile = [] if args.tile is None else ["--tile", str(args.tile)]
     for index, (name, model) in enumerate(args.models.items()):
         for auto in (False, True) if args.sigma_auto and index == 0 else (False,):
             out = work / f"sda_{name}{'_auto' if auto else ''}_{tag}"
             command = sda("denoise", str(noisy), "--sigma", "auto" if auto else sigma, "--model", str(model))
             command += ["-o", str(out), "--method", "mmse", "--precision", "fp32", "-q", *tile]
-            row, result = measured(f"sda {name}" + (", --sigma auto" if auto else ""), command, out, work, names, args)
+            method = f"sda {name}" + (", --sigma auto" if auto else "")
+            row, result = measured(method, command, out, work, names, args, [*inputs, model])
             if auto and row.error is None:
                 row.sigma_error = sigma_error(result.stderr, level, len(names))
             rows.append(row)
@@ -308,7 +349,7 @@ def cells(row: Row) -> list[str]:
     if row.error is not None:
         return [row.method, row.error, "—", "—", "—", "—"]
     return [
-        row.method,
+        row.method + (" (reused)" if row.reused else ""),
         fmt(row.psnr, 2),
         fmt(row.ssim, 4),
         fmt(row.seconds_per_mp, 1),
@@ -381,7 +422,13 @@ def main() -> None:
         "CBM3D: `bm3d.bm3d_rgb(noisy, sigma_psd=σ)` with the true σ, in a Python command of its own. "
         "s/MP: wall time of the whole command (process start, imports, model load and file I/O included, nothing "
         "subtracted) per megapixel. Peak RSS: ru_maxrss of that process from os.wait4. "
-        f"OMP_NUM_THREADS={args.threads}. σ̂ error: mean |estimated − true σ| of `--sigma auto`, in /255.",
+        f"OMP_NUM_THREADS={args.threads}. σ̂ error: mean |estimated − true σ| of `--sigma auto`, in /255."
+        + (
+            " (reused): not run again, scored from the files of an earlier run of the same command on the same "
+            "inputs and model bytes at the same thread count; its s/MP and memory are that run's."
+            if any(row.reused for rows in results.values() for row in rows)
+            else ""
+        ),
     ]
     for level, rows in results.items():
         parts += ["", f"### σ = {level:g}/255", "", table(columns, [cells(row) for row in rows])]

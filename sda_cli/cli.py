@@ -259,6 +259,9 @@ def train_command(
     ] = 64,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate after warm-up.")] = 4e-4,
     warmup: Annotated[int, typer.Option(min=0, help="Linear learning-rate warm-up steps.")] = 500,
+    decay: Annotated[
+        int, typer.Option(min=0, help="Linear learning-rate decay to zero over the last N of --steps (0: none).")
+    ] = 0,
     ema_decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="EMA decay of the shipped weights.")] = 0.999,
     image_size: Annotated[int, typer.Option(min=8, help="Side of the (square) training images.")] = 32,
     channels: Annotated[int, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = 3,
@@ -352,6 +355,7 @@ def train_command(
         batch_size=batch_size,
         lr=lr,
         warmup=warmup,
+        decay=decay,
         ema_decay=ema_decay,
         checkpoint_every=checkpoint_every,
         seed=seed,

@@ -46,7 +46,7 @@ from sda_cli.data import Dataset
 from sda_cli.denoiser import Denoiser, autocast_dtype
 from sda_cli.models import pick_device
 
-__all__ = ["StepReport", "TrainConfig", "TrainingError", "pick_device", "state_path_for", "train"]
+__all__ = ["StepReport", "TrainConfig", "TrainingError", "learning_rate", "pick_device", "state_path_for", "train"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 4e-4
     warmup: int = 500
+    decay: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -79,6 +80,20 @@ class StepReport:
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the last good checkpoint is kept."""
+
+
+def learning_rate(config: TrainConfig, step: int, optimiser_start: int = 0) -> float:
+    """The rate of step ``step + 1``: a linear warm-up, a plateau, then an optional linear decay to zero.
+
+    lr(s) = lr · min(1, (s − s₀ + 1) / warmup) · min(1, (steps − s) / decay), with s₀ the step at which this
+    optimiser started (a fresh one warms up again) and no decay factor when ``decay`` is 0. A short decay at the
+    end of a long run at a constant rate (warmup-stable-decay, Hu et al., 2024, "MiniCPM") gives most of the gain
+    of a schedule fixed in advance, while the run can still be extended: raise ``steps`` and resume.
+    """
+    rate = config.lr * min(1.0, (step - optimiser_start + 1) / max(1, config.warmup))
+    if config.decay > 0:
+        rate *= min(1.0, max(0, config.steps - step) / config.decay)
+    return rate
 
 
 def state_path_for(model_path: Path) -> Path:
@@ -269,7 +284,7 @@ def train(
     with _Stop() as stop:
         try:
             while step < config.steps:
-                lr = config.lr * min(1.0, (step - optimiser_start + 1) / max(1, config.warmup))
+                lr = learning_rate(config, step, optimiser_start)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = data.batch(config.batch_size, generator).contiguous(memory_format=torch.channels_last)

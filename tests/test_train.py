@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sda_cli.checkpoint import load_model, read_metadata
 from sda_cli.data import image_folder
-from sda_cli.train import StepReport, TrainConfig, TrainingError, state_path_for, train
+from sda_cli.train import StepReport, TrainConfig, TrainingError, learning_rate, state_path_for, train
 
 CONFIG = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, seed=1)
 CPU = torch.device("cpu")
@@ -74,6 +74,28 @@ def test_a_fresh_optimiser_warms_up_again(tmp_path: Path, image_dir: Path) -> No
     state = read_metadata(state_path_for(out))
     assert state["optimiser_start"] == 3
     assert state["optimizer"][0]["lr"] == pytest.approx(config.lr / 4)
+
+
+def test_learning_rate_warms_up_holds_then_decays_to_zero() -> None:
+    config = TrainConfig(steps=100, lr=1.0, warmup=10, decay=20)
+    rates = [learning_rate(config, step) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[10:80] == pytest.approx([1.0] * 70)
+    assert rates[80:] == pytest.approx([(100 - step) / 20 for step in range(80, 100)])
+    assert learning_rate(config, 100) == 0.0
+    assert learning_rate(replace(config, decay=0), 99) == 1.0
+    assert learning_rate(config, 50, optimiser_start=45) == pytest.approx(0.6)
+
+
+def test_a_decayed_run_ends_at_the_last_rate(tmp_path: Path, image_dir: Path) -> None:
+    """With --decay 4 the last of 6 steps runs at lr / 4, and its resumed extension decays anew."""
+    data = image_folder(image_dir, 16)
+    out = tmp_path / "m.safetensors"
+    train(TINY_MODEL, replace(CONFIG, decay=4), data, out, device=CPU)
+    assert read_metadata(state_path_for(out))["optimizer"][0]["lr"] == pytest.approx(CONFIG.lr / 4)
+    train(TINY_MODEL, replace(CONFIG, steps=8, decay=4), data, out, resume=True, device=CPU)
+    assert read_metadata(state_path_for(out))["optimizer"][0]["lr"] == pytest.approx(CONFIG.lr / 4)
+    assert read_metadata(out)["training"]["decay"] == 4
 
 
 def test_resume_with_nothing_to_resume(tmp_path: Path, image_dir: Path) -> None:
