@@ -132,3 +132,12 @@ def record(title: str, text: str, path: Path = RESULTS) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def report(title: str, text: str, record_it: bool) -> None:
+    """Print a script's tables after a blank line and, when ``record_it`` (``--record``), put them in RESULTS.md as
+    the section ``title`` (:func:`record`)."""
+    print()
+    print(text)
+    if record_it:
+        record(title, text)

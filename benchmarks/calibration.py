@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.checkpoint import read_metadata, update_config
@@ -238,9 +238,7 @@ def main() -> None:
                 ]
             )
             title = TITLE
-    print(text)
-    if args.record:
-        record(title, text + "\n")
+    report(title, text, args.record)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
 
 from sda_cli.checkpoint import load_model
 from sda_cli.clipping import impute_clipped
@@ -99,10 +99,7 @@ def main() -> None:
             table(columns, rows),
         ]
     )
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.checkpoint import load_model
@@ -403,9 +403,7 @@ def main() -> None:
         parts.append("")
     parts += ["### checks\n", table(["σ", "check", "figures", "result"], check_rows)]
     text = "\n".join(parts)
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

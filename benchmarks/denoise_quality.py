@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.data import cifar10
@@ -166,10 +166,7 @@ def main() -> None:
     if bm3d_reason:
         parts.append(f"\nCBM3D skipped: {bm3d_reason}")
     text = "\n".join(parts)
-    print()
-    print(text)
-    if args.record:
-        record(section_title(model), text)
+    report(section_title(model), text, args.record)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.data import cifar10
@@ -286,10 +286,7 @@ def main() -> None:
             table(["what", "seconds", "per image", "peak RSS (MB)", "target", "result"], rows),
         ]
     )
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

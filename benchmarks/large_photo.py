@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from _common import ROOT, checkpoint_line, header, psnr, report, set_threads, table, work_folder
 from photo_quality import PHOTOS, run, sda
 from PIL import Image
 
@@ -111,9 +111,7 @@ def main() -> None:
             table(["model", "seconds", "s/MP", "peak RSS (MB)", "PSNR (dB)", "target"], rows),
         ]
     )
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, header, psnr, record, set_threads, table, work_folder
+from _common import DEFAULT_DATA, header, psnr, report, set_threads, table, work_folder
 
 from sda_cli.data import cifar10
 from sda_cli.denoiser import PARAMETRISATIONS, Denoiser
@@ -100,10 +100,7 @@ def main() -> None:
             table(["parametrisation", *(f"σ={s:g}" for s in sigmas), "train s"], rows),
         ]
     )
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

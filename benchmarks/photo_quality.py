@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from _common import ROOT, checkpoint_line, header, psnr, report, set_threads, table, work_folder
 from PIL import Image
 
 TITLE = "Photo denoising: sda models against CBM3D on McMaster18"
@@ -434,10 +434,7 @@ def main() -> None:
         parts += ["", f"### σ = {level:g}/255", "", table(columns, [cells(row) for row in rows])]
     parts += ["", "Checks (issue: Real photos: a photo prior; PSNRs as shown above):", *checks(results, args.models)]
     text = "\n".join(parts)
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
 
 from sda_cli.checkpoint import load_model
 from sda_cli.data import cifar10
@@ -80,10 +80,7 @@ def main() -> None:
             table(columns, rows),
         ]
     )
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

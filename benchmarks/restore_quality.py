@@ -72,7 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, record, set_threads, table
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
 from torch import Tensor
 
 from sda_cli.checkpoint import load_model
@@ -389,9 +389,7 @@ def main() -> None:
             table(["task", "check", "measured", "verdict"], checks(results)),
         ]
     )
-    print(text)
-    if args.record:
-        record(TITLE, text + "\n")
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import checkpoint_line, header, psnr, record, set_threads, table, work_folder
+from _common import checkpoint_line, header, psnr, report, set_threads, table, work_folder
 from large_photo import read
 from photo_quality import PHOTOS, Run, run, sda
 from PIL import Image
@@ -206,10 +206,7 @@ def main() -> None:
             *verdicts,
         ]
     )
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, record, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
 from PIL import Image
 
 from sda_cli.checkpoint import load_model
@@ -267,10 +267,7 @@ def main() -> None:
             table(columns, rows),
         ]
     )
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import statistics
 import time
 
 import torch
-from _common import header, record, set_threads, table
+from _common import header, report, set_threads, table
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -168,10 +168,7 @@ def main() -> None:
             ratio = medians[name] / medians["diffusers UNet2DModel"]
             parts.append(f"\nratio {name} / diffusers UNet2DModel (images per second): {ratio:.3f}")
     text = "\n".join(parts)
-    print()
-    print(text)
-    if args.record:
-        record(TITLE, text)
+    report(TITLE, text, args.record)
 
 
 if __name__ == "__main__":
