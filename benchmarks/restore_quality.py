@@ -80,7 +80,7 @@ from sda_cli.data import cifar10
 from sda_cli.denoiser import Denoiser
 from sda_cli.operators import LinearOperator, gaussian_kernel, make_operator
 from sda_cli.restore import (
-    _RESTORE_CLASSES,
+    RESTORE_CLASSES,
     RESTORE_METHODS,
     SAMPLING_METHODS,
     batch_pixels,
@@ -230,7 +230,7 @@ def nfe(method: str, model: Denoiser, operator: LinearOperator, shape: Sequence[
     if isinstance(operator, ImageMasks):
         operator = operator.part(slice(0, 1))
     given = {"steps": steps} if steps is not None else {}
-    kind = _RESTORE_CLASSES[method]
+    kind = RESTORE_CLASSES[method]
     return kind(model, operator(probe), 2 * SIGMA, operator=operator, shape=tuple(shape[1:]), **given).nfe
 
 
@@ -363,7 +363,7 @@ def main() -> None:
         for method in args.methods:
             draws, seconds = run_method(method, model, y, operator, args)
             evaluations = nfe(method, model, operator, x.shape, args.steps)
-            steps = str(args.steps if args.steps is not None else _RESTORE_CLASSES[method].STEPS)
+            steps = str(args.steps if args.steps is not None else RESTORE_CLASSES[method].STEPS)
             rows.append(method_row(method, draws, x, evaluations, seconds, steps))
         results[task] = rows
         sections.append(f"### {TASK_NAMES[task]} (`{task}`)\n\n{table(COLUMNS, [cells(r) for r in rows])}\n")

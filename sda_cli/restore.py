@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_SAMPLES",
     "METHODS",
     "PIXELS_PER_CALL",
+    "RESTORE_CLASSES",
     "RESTORE_METHODS",
     "TiledDenoiser",
     "batch_pixels",
@@ -442,13 +443,14 @@ RESTORE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 """The options each method of :func:`restore` takes besides ``steps`` (defaults on each class)."""
 
-_RESTORE_CLASSES: dict[str, type[PnP] | type[MMPS] | type[DPS] | type[DiffPIR] | type[SDA]] = {
+RESTORE_CLASSES: dict[str, type[PnP] | type[MMPS] | type[DPS] | type[DiffPIR] | type[SDA]] = {
     "pnp": PnP,
     "mmps": MMPS,
     "dps": DPS,
     "diffpir": DiffPIR,
     "sda": SDA,
 }
+"""The class behind each method of :func:`restore`: its ``STEPS`` default, and ``nfe`` once built."""
 
 
 def _stages(operator: LinearOperator) -> list[LinearOperator]:
@@ -590,7 +592,7 @@ def restore(
     given = {"steps": steps} if steps is not None else {}
     given |= {name: value for name, value in options.items() if value is not None}
     full = (observed.shape[1], *shape[1:])
-    kind = _RESTORE_CLASSES[method]
+    kind = RESTORE_CLASSES[method]
     posterior = kind(denoiser, repeated, sigma_obs, operator=operator, shape=full, **given)  # type: ignore[arg-type]
     if progress is not None:
         tiles = denoiser.tiles_per_image(*shape[1:])

@@ -1,0 +1,138 @@
+"""PSNR of ``pnp`` (plug-and-play HQS) over a grid of its settings, on CIFAR-10 training images, per restoration task.
+
+What. ``pnp``'s defaults are DPIR's (Zhang et al., 2021), chosen for deblurring and super-resolution of large
+photos: 24 iterations, noise ratios from ``rho_max`` = 49/255 (pixel units) down to the observation's noise,
+``lam`` = 0.23. Whether they suit 32×32 images and masks is measured here, on images the test tables never use: the
+``--count`` CIFAR-10 *training* images from index ``--first`` (default 1000: past the 200 that tune Wiener's balance
+in ``restore_quality.py``), observed exactly as there (``restore_quality.observe``: the same operators, float
+observations, σ_y = 0.01, seeded masks and noise), with seed ``--seed`` + 1 so that the noise differs from the test
+tables'. For each task of ``--tasks``, one table: the task's classical baseline, then ``pnp`` at each combination of
+``--rho-max`` (pixel units), ``--steps`` and ``--lam``, with its mean PSNR (dB, per image, peak 1, clipped to
+[0, 1]) and its gain over the baseline; the best row is marked. A setting is worth making a default only when it
+wins on these images by more than the spread between neighbouring settings; the test tables then say whether it
+holds on the test images.
+
+Run from the repository root; each setting costs ``steps`` forward passes per image (about 0.06 s each on one core
+for a 32×32 image with the CIFAR-10 model), so the default grid (3 × 2 × 1 settings, 4 tasks, 32 images) takes
+about half an hour on one core:
+
+    python benchmarks/pnp_settings.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
+from restore_quality import BASELINES, SIGMA, TASK_NAMES, TASKS, ImageMasks, baseline, observe, tune_wiener
+
+from sda_cli.checkpoint import load_model
+from sda_cli.data import cifar10
+from sda_cli.denoiser import Denoiser
+from sda_cli.guidance.pnp import PnP
+from sda_cli.operators import LinearOperator
+from sda_cli.restore import batch_pixels, image_size, restore
+
+TITLE = "pnp's settings on CIFAR-10 training images"
+"""The heading of this script's tables, and of its section of ``benchmarks/RESULTS.md``."""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--first", type=int, default=1000, help="index of the first training image")
+    parser.add_argument("--count", type=int, default=32, help="training images")
+    parser.add_argument("--tasks", default="sr2,sr4,random75,box", help=f"comma list of {', '.join(TASKS)}")
+    parser.add_argument(
+        "--rho-max", nargs="+", type=float, default=[49 / 255, 0.4, 0.8], help="first noise ratios, pixel units"
+    )
+    parser.add_argument("--steps", nargs="+", type=int, default=[PnP.STEPS, 64], help="iterations")
+    parser.add_argument("--lam", nargs="+", type=float, default=[PnP.LAMBDA], help="data-step weights")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="the test tables' seed; these images use seed + 1")
+    parser.add_argument("--record", action="store_true", help="also write the tables into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    for task in args.tasks:
+        if task not in TASKS:
+            parser.error(f"unknown task {task!r}; expected some of {', '.join(TASKS)}")
+    if args.count < 1 or args.first < 0:
+        parser.error("--count must be at least 1 and --first at least 0")
+    if min(args.rho_max) <= 0 or min(args.steps) < 1 or min(args.lam) <= 0:
+        parser.error("--rho-max and --lam must be positive, --steps at least 1")
+    return args
+
+
+def run_pnp(
+    model: Denoiser, y: torch.Tensor, operator: LinearOperator, rho_max: float, steps: int, lam: float
+) -> torch.Tensor:
+    """``pnp``'s estimates of all observations, in calls of at most one network call's pixels; pixel units."""
+    height, width = image_size(operator, *y.shape[-2:])
+    chunk = max(1, batch_pixels("pnp") // (height * width))
+    parts = []
+    for first in range(0, len(y), chunk):
+        index = torch.arange(first, min(first + chunk, len(y)))
+        op = operator.part(index) if isinstance(operator, ImageMasks) else operator
+        estimate, _ = restore(
+            model, y[index].float(), SIGMA, op, method="pnp", steps=steps, rho_max=2 * rho_max, lam=lam
+        )
+        parts.append(estimate.double())
+    return torch.cat(parts)
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    model, _ = load_model(args.model)
+    images = cifar10(args.data_dir, train=True).images[args.first : args.first + args.count].double() / 255
+    if len(images) < args.count:
+        raise SystemExit(f"only {len(images)} training images from index {args.first}")
+    balance = tune_wiener(args.data_dir, args.seed)[0] if "blur" in args.tasks else float("nan")
+    grid = list(itertools.product(args.rho_max, args.steps, args.lam))
+    sections = []
+    for task in args.tasks:
+        y, operator = observe(task, images, args.seed + 1)
+        base = float(psnr(baseline(task, y, operator, images.shape, balance), images).mean())
+        rows = []
+        for rho_max, steps, lam in grid:
+            start = time.perf_counter()
+            estimate = run_pnp(model, y, operator, rho_max, steps, lam)
+            value = float(psnr(estimate.clamp(0, 1), images).mean())
+            seconds = (time.perf_counter() - start) / len(images)
+            rows.append((value, rho_max, steps, lam, seconds))
+            print(f"{task} rho_max {rho_max:.3f} steps {steps} lam {lam:g}: {value:.2f} dB "
+                  f"({value - base:+.2f}), {seconds:.2f} s/image", file=sys.stderr, flush=True)  # fmt: skip
+        best = max(rows)[1:4]
+        cells = [[BASELINES[task], "–", "–", "–", f"{base:.2f}", "–", "–"]]
+        cells += [
+            [
+                "pnp" + (" (best)" if (rho_max, steps, lam) == best else ""),
+                f"{rho_max:.3f} ({rho_max * 255:.0f}/255)",
+                str(steps),
+                f"{lam:g}",
+                f"{value:.2f}",
+                f"{value - base:+.2f}",
+                f"{seconds:.2f}",
+            ]
+            for value, rho_max, steps, lam, seconds in rows
+        ]
+        columns = ["method", "rho_max (pixel units)", "steps", "lam", "PSNR (dB)", "gain (dB)", "s/image"]
+        sections.append(f"### {TASK_NAMES[task]} (`{task}`)\n\n{table(columns, cells)}\n")
+    note = (
+        f"CIFAR-10 training images {args.first} to {args.first + args.count - 1}, observed as in `restore_quality.py` "
+        f"(σ_y = {SIGMA}, float) with seed {args.seed + 1}; `sda_cli.restore.restore(method='pnp')` at each "
+        "setting, estimates clipped to [0, 1]; PSNR per image, then averaged. Defaults: rho_max "
+        f"{PnP.RHO_MAX / 2:.3f} (49/255), {PnP.STEPS} steps, lam {PnP.LAMBDA}.\n"
+    )
+    report(TITLE, "\n".join([header(TITLE, checkpoint_line(args.model)), note, *sections]), args.record)
+
+
+if __name__ == "__main__":
+    main()
