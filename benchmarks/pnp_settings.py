@@ -7,7 +7,8 @@ photos: 24 iterations, noise ratios from ``rho_max`` = 49/255 (pixel units) down
 in ``restore_quality.py``), observed exactly as there (``restore_quality.observe``: the same operators, float
 observations, σ_y = 0.01, seeded masks and noise), with seed ``--seed`` + 1 so that the noise differs from the test
 tables'. For each task of ``--tasks``, one table: the task's classical baseline, then ``pnp`` at each combination of
-``--rho-max`` (pixel units), ``--steps`` and ``--lam``, with its mean PSNR (dB, per image, peak 1, clipped to
+``--rho-max`` and ``--rho-min`` (pixel units; the last noise ratio is the larger of ``rho_min`` and the observation's
+noise), ``--steps`` and ``--lam``, with its mean PSNR (dB, per image, peak 1, clipped to
 [0, 1]) and its gain over the baseline; the best row is marked. A setting is worth making a default only when it
 wins on these images by more than the spread between neighbouring settings; the test tables then say whether it
 holds on the test images.
@@ -53,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--rho-max", nargs="+", type=float, default=[49 / 255, 0.4, 0.8], help="first noise ratios, pixel units"
     )
+    parser.add_argument(
+        "--rho-min", nargs="+", type=float, default=[PnP.RHO_MIN / 2], help="last noise ratios, pixel units"
+    )
     parser.add_argument("--steps", nargs="+", type=int, default=[PnP.STEPS, 64], help="iterations")
     parser.add_argument("--lam", nargs="+", type=float, default=[PnP.LAMBDA], help="data-step weights")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
@@ -65,24 +69,27 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"unknown task {task!r}; expected some of {', '.join(TASKS)}")
     if args.count < 1 or args.first < 0:
         parser.error("--count must be at least 1 and --first at least 0")
-    if min(args.rho_max) <= 0 or min(args.steps) < 1 or min(args.lam) <= 0:
-        parser.error("--rho-max and --lam must be positive, --steps at least 1")
+    if min(args.rho_min) <= 0 or max(args.rho_min) > min(args.rho_max):
+        parser.error("--rho-min must be positive and at most every --rho-max")
+    if min(args.steps) < 1 or min(args.lam) <= 0:
+        parser.error("--lam must be positive, --steps at least 1")
     return args
 
 
 def run_pnp(
-    model: Denoiser, y: torch.Tensor, operator: LinearOperator, rho_max: float, steps: int, lam: float
+    model: Denoiser, y: torch.Tensor, operator: LinearOperator, setting: tuple[float, float, int, float]
 ) -> torch.Tensor:
-    """``pnp``'s estimates of all observations, in calls of at most one network call's pixels; pixel units."""
+    """``pnp``'s estimates of all observations at ``(rho_max, rho_min, steps, lam)`` (pixel units), in calls of at
+    most one network call's pixels; pixel units."""
+    rho_max, rho_min, steps, lam = setting
     height, width = image_size(operator, *y.shape[-2:])
     chunk = max(1, batch_pixels("pnp") // (height * width))
     parts = []
     for first in range(0, len(y), chunk):
         index = torch.arange(first, min(first + chunk, len(y)))
         op = operator.part(index) if isinstance(operator, ImageMasks) else operator
-        estimate, _ = restore(
-            model, y[index].float(), SIGMA, op, method="pnp", steps=steps, rho_max=2 * rho_max, lam=lam
-        )
+        options = {"rho_max": 2 * rho_max, "rho_min": 2 * rho_min, "lam": lam}
+        estimate, _ = restore(model, y[index].float(), SIGMA, op, method="pnp", steps=steps, **options)
         parts.append(estimate.double())
     return torch.cat(parts)
 
@@ -95,41 +102,43 @@ def main() -> None:
     if len(images) < args.count:
         raise SystemExit(f"only {len(images)} training images from index {args.first}")
     balance = tune_wiener(args.data_dir, args.seed)[0] if "blur" in args.tasks else float("nan")
-    grid = list(itertools.product(args.rho_max, args.steps, args.lam))
+    grid = list(itertools.product(args.rho_max, args.rho_min, args.steps, args.lam))
     sections = []
     for task in args.tasks:
         y, operator = observe(task, images, args.seed + 1)
         base = float(psnr(baseline(task, y, operator, images.shape, balance), images).mean())
         rows = []
-        for rho_max, steps, lam in grid:
+        for setting in grid:
             start = time.perf_counter()
-            estimate = run_pnp(model, y, operator, rho_max, steps, lam)
+            estimate = run_pnp(model, y, operator, setting)
             value = float(psnr(estimate.clamp(0, 1), images).mean())
             seconds = (time.perf_counter() - start) / len(images)
-            rows.append((value, rho_max, steps, lam, seconds))
-            print(f"{task} rho_max {rho_max:.3f} steps {steps} lam {lam:g}: {value:.2f} dB "
-                  f"({value - base:+.2f}), {seconds:.2f} s/image", file=sys.stderr, flush=True)  # fmt: skip
-        best = max(rows)[1:4]
-        cells = [[BASELINES[task], "–", "–", "–", f"{base:.2f}", "–", "–"]]
+            rows.append((value, setting, seconds))
+            print(f"{task} rho_max, rho_min, steps, lam {setting}: {value:.2f} dB ({value - base:+.2f}), "
+                  f"{seconds:.2f} s/image", file=sys.stderr, flush=True)  # fmt: skip
+        best = max(rows)[1]
+        cells = [[BASELINES[task], "–", "–", "–", "–", f"{base:.2f}", "–", "–"]]
         cells += [
             [
-                "pnp" + (" (best)" if (rho_max, steps, lam) == best else ""),
+                "pnp" + (" (best)" if (rho_max, rho_min, steps, lam) == best else ""),
                 f"{rho_max:.3f} ({rho_max * 255:.0f}/255)",
+                f"{rho_min:.3f} ({rho_min * 255:.1f}/255)",
                 str(steps),
                 f"{lam:g}",
                 f"{value:.2f}",
                 f"{value - base:+.2f}",
                 f"{seconds:.2f}",
             ]
-            for value, rho_max, steps, lam, seconds in rows
+            for value, (rho_max, rho_min, steps, lam), seconds in rows
         ]
-        columns = ["method", "rho_max (pixel units)", "steps", "lam", "PSNR (dB)", "gain (dB)", "s/image"]
+        columns = ["method", "rho_max (pixel units)", "rho_min", "steps", "lam", "PSNR (dB)", "gain (dB)", "s/image"]
         sections.append(f"### {TASK_NAMES[task]} (`{task}`)\n\n{table(columns, cells)}\n")
     note = (
         f"CIFAR-10 training images {args.first} to {args.first + args.count - 1}, observed as in `restore_quality.py` "
         f"(σ_y = {SIGMA}, float) with seed {args.seed + 1}; `sda_cli.restore.restore(method='pnp')` at each "
         "setting, estimates clipped to [0, 1]; PSNR per image, then averaged. Defaults: rho_max "
-        f"{PnP.RHO_MAX / 2:.3f} (49/255), {PnP.STEPS} steps, lam {PnP.LAMBDA}.\n"
+        f"{PnP.RHO_MAX / 2:.3f} (49/255), rho_min {PnP.RHO_MIN / 2:.4f} (1/255; the last ratio is σ_y = 0.01 when "
+        f"larger), {PnP.STEPS} steps, lam {PnP.LAMBDA}.\n"
     )
     report(TITLE, "\n".join([header(TITLE, checkpoint_line(args.model)), note, *sections]), args.record)
 

@@ -435,7 +435,7 @@ SAMPLING_METHODS: tuple[str, ...] = RESTORE_METHODS[1:]
 r"""The methods of :func:`restore` that draw samples of :math:`p(x \mid y)`."""
 
 RESTORE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "pnp": ("lam", "rho_max", "cg_steps"),
+    "pnp": ("lam", "rho_max", "rho_min", "cg_steps"),
     "mmps": ("solver_steps",),
     "dps": ("zeta",),
     "diffpir": ("lam", "zeta", "cg_steps"),
