@@ -29,9 +29,10 @@ set, with the Python interpreter and torch or numpy in it). Commands run with ``
 A command that fails gives its row ``n/a`` with the command's error line, and the script goes on.
 
 With ``--reuse`` (and ``--work``), a method whose output folder holds a ``run.json`` written by an earlier run of
-the same command, on noisy files and a model file with the same bytes (SHA-256) and the same ``--threads``, is not
-run again: its files are scored again and its s/MP and memory are the earlier run's. This spares CBM3D's hour when
-only a model changes. The table says which rows were reused.
+the same command at the same ``--threads``, on noisy files, a model file and (for sda) ``sda_cli`` sources with the
+same bytes (SHA-256), or (for CBM3D) with the same ``bm3d`` version, is not run again: its files are scored again
+and its s/MP and memory are the earlier run's. This spares CBM3D's hour when only a model changes. The table says
+which rows were reused.
 
 Run from the repository root with the benchmark extras (``pip install -e ".[benchmark]"``). Each method takes
 minutes per megapixel on this 2-core CPU (300 to 560 s/MP at 1 thread beside a training run), and the 18 photos are
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -269,11 +271,13 @@ def measured(
     names: list[str],
     args: argparse.Namespace,
     inputs: list[Path],
+    key_parts: list[str] | None = None,
 ) -> tuple[Row, Run]:
     """Run one denoising command into ``out`` and score its files; with ``--reuse``, an earlier identical run's
-    files and measurements (its ``run.json``) stand in for running it again."""
+    files and measurements (its ``run.json``) stand in for running it again. The run's key is ``key_parts`` (default:
+    the command) with the bytes of ``inputs`` and the thread count."""
     out.mkdir(parents=True, exist_ok=True)  # an existing folder: the CLI writes OUT/<name> even for one input
-    key, log = run_key(command, inputs, args.threads), out / "run.json"
+    key, log = run_key(key_parts or command, inputs, args.threads), out / "run.json"
     if args.reuse and log.is_file() and all((out / name).is_file() for name in names):
         earlier = json.loads(log.read_text())
         if earlier["key"] == key:
@@ -318,9 +322,11 @@ def measure_level(level: float, args: argparse.Namespace, work: Path, names: lis
         raise SystemExit(f"sda noise failed at sigma {sigma}: {error_line(done.stderr)}")
     rows = [Row("noisy input", *scores(noisy, work / "clean", names))]
     inputs = [noisy / name for name in names]
+    sources = sorted((ROOT / "sda_cli").rglob("*.py"))
     if not args.no_bm3d:
         command = [sys.executable, "-c", CBM3D_SCRIPT, repr(level / 255), str(noisy), str(work / f"cbm3d_{tag}")]
-        rows.append(measured("CBM3D", command, work / f"cbm3d_{tag}", work, names, args, inputs)[0])
+        key = [*command, f"bm3d {importlib.metadata.version('bm3d')}"]
+        rows.append(measured("CBM3D", command, work / f"cbm3d_{tag}", work, names, args, inputs, key)[0])
     tile = [] if args.tile is None else ["--tile", str(args.tile)]
     for index, (name, model) in enumerate(args.models.items()):
         for auto in (False, True) if args.sigma_auto and index == 0 else (False,):
@@ -328,7 +334,7 @@ def measure_level(level: float, args: argparse.Namespace, work: Path, names: lis
             command = sda("denoise", str(noisy), "--sigma", "auto" if auto else sigma, "--model", str(model))
             command += ["-o", str(out), "--method", "mmse", "--precision", "fp32", "-q", *tile]
             method = f"sda {name}" + (", --sigma auto" if auto else "")
-            row, result = measured(method, command, out, work, names, args, [*inputs, model])
+            row, result = measured(method, command, out, work, names, args, [*inputs, model, *sources])
             if auto and row.error is None:
                 row.sigma_error = sigma_error(result.stderr, level, len(names))
             rows.append(row)
