@@ -26,19 +26,14 @@ import argparse
 import itertools
 import os
 import sys
-import time
 from pathlib import Path
 
-import torch
 from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
-from restore_quality import BASELINES, SIGMA, TASK_NAMES, TASKS, ImageMasks, baseline, observe, tune_wiener
+from restore_quality import BASELINES, SIGMA, TASK_NAMES, TASKS, baseline, observe, run_method, tune_wiener
 
 from sda_cli.checkpoint import load_model
 from sda_cli.data import cifar10
-from sda_cli.denoiser import Denoiser
 from sda_cli.guidance.pnp import PnP
-from sda_cli.operators import LinearOperator
-from sda_cli.restore import batch_pixels, image_size, restore
 
 TITLE = "pnp's settings on CIFAR-10 training images"
 """The heading of this script's tables, and of its section of ``benchmarks/RESULTS.md``."""
@@ -76,24 +71,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_pnp(
-    model: Denoiser, y: torch.Tensor, operator: LinearOperator, setting: tuple[float, float, int, float]
-) -> torch.Tensor:
-    """``pnp``'s estimates of all observations at ``(rho_max, rho_min, steps, lam)`` (pixel units), in calls of at
-    most one network call's pixels; pixel units."""
-    rho_max, rho_min, steps, lam = setting
-    height, width = image_size(operator, *y.shape[-2:])
-    chunk = max(1, batch_pixels("pnp") // (height * width))
-    parts = []
-    for first in range(0, len(y), chunk):
-        index = torch.arange(first, min(first + chunk, len(y)))
-        op = operator.part(index) if isinstance(operator, ImageMasks) else operator
-        options = {"rho_max": 2 * rho_max, "rho_min": 2 * rho_min, "lam": lam}
-        estimate, _ = restore(model, y[index].float(), SIGMA, op, method="pnp", steps=steps, **options)
-        parts.append(estimate.double())
-    return torch.cat(parts)
-
-
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
@@ -109,10 +86,11 @@ def main() -> None:
         base = float(psnr(baseline(task, y, operator, images.shape, balance), images).mean())
         rows = []
         for setting in grid:
-            start = time.perf_counter()
-            estimate = run_pnp(model, y, operator, setting)
-            value = float(psnr(estimate.clamp(0, 1), images).mean())
-            seconds = (time.perf_counter() - start) / len(images)
+            rho_max, rho_min, steps, lam = setting
+            run = argparse.Namespace(samples=1, seed=args.seed, steps=steps, task=task)
+            options = {"rho_max": 2 * rho_max, "rho_min": 2 * rho_min, "lam": lam}  # model units: twice pixel units
+            estimates, seconds = run_method("pnp", model, y, operator, run, **options)
+            value = float(psnr(estimates[0].clamp(0, 1), images).mean())
             rows.append((value, setting, seconds))
             print(f"{task} rho_max, rho_min, steps, lam {setting}: {value:.2f} dB ({value - base:+.2f}), "
                   f"{seconds:.2f} s/image", file=sys.stderr, flush=True)  # fmt: skip

@@ -235,10 +235,10 @@ def nfe(method: str, model: Denoiser, operator: LinearOperator, shape: Sequence[
 
 
 def run_method(
-    method: str, model: Denoiser, y: Tensor, operator: LinearOperator, args: argparse.Namespace
+    method: str, model: Denoiser, y: Tensor, operator: LinearOperator, args: argparse.Namespace, **options: float
 ) -> tuple[Tensor, float]:
     """The K draws ``(K, N, C, H, W)`` in pixel units (unclipped; ``pnp``: its one estimate, K = 1) and the seconds
-    per image."""
+    per image; ``options`` are the method's own (``sda_cli.restore.RESTORE_OPTIONS``), its defaults when none."""
     k, count = (args.samples if method in SAMPLING_METHODS else 1), y.shape[0]
     height, width = image_size(operator, *y.shape[-2:])
     per_call = batch_pixels(method)
@@ -250,7 +250,8 @@ def run_method(
         index = torch.arange(first, min(first + chunk, count))
         repeated = y[index].repeat(k, 1, 1, 1).float()  # draw-major, as restore repeats it
         op = operator.part(index.repeat(k)) if isinstance(operator, ImageMasks) else operator
-        drawn, _ = restore(model, repeated, SIGMA, op, method=method, samples=1, steps=args.steps, generator=generator)
+        given = {"samples": 1, "steps": args.steps, "generator": generator, **options}
+        drawn, _ = restore(model, repeated, SIGMA, op, method=method, **given)  # type: ignore[arg-type]
         parts.append(drawn.double().reshape(k, len(index), *drawn.shape[1:]))
         print(f"  {args.task} {method}: {min(first + chunk, count)}/{count} images, "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip

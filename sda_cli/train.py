@@ -87,8 +87,9 @@ def learning_rate(config: TrainConfig, step: int, optimiser_start: int = 0) -> f
 
     lr(s) = lr · min(1, (s − s₀ + 1) / warmup) · min(1, (steps − s) / decay), with s₀ the step at which this
     optimiser started (a fresh one warms up again) and no decay factor when ``decay`` is 0. A short decay at the
-    end of a long run at a constant rate (warmup-stable-decay, Hu et al., 2024, "MiniCPM") gives most of the gain
-    of a schedule fixed in advance, while the run can still be extended: raise ``steps`` and resume.
+    end of a long run at a constant rate is the warmup-stable-decay schedule (Hu et al., 2024, "MiniCPM"), which
+    they found to match a cosine schedule fixed in advance; unlike one, the run can still be extended: raise
+    ``steps`` and resume.
     """
     rate = config.lr * min(1.0, (step - optimiser_start + 1) / max(1, config.warmup))
     if config.decay > 0:
