@@ -129,8 +129,10 @@ def check_config(config: Any) -> dict[str, Any]:
         raise CheckpointError(f"model widths must be whole numbers from 1 to {MAX_WIDTH}")
     if widths[0] % 2:  # the noise embedding has widths[0] features, half sines and half cosines
         raise CheckpointError(f"the first model width must be even, not {widths[0]}")
-    if not (_is_int(model.get("blocks")) and 1 <= model["blocks"] <= MAX_BLOCKS):
-        raise CheckpointError(f"model block count is missing or not 1 to {MAX_BLOCKS}")
+    blocks = model.get("blocks")
+    counts = blocks if isinstance(blocks, list) and len(blocks) == len(widths) else [blocks]
+    if not all(_is_int(n) and 1 <= n <= MAX_BLOCKS for n in counts):
+        raise CheckpointError(f"model block count is missing or not 1 to {MAX_BLOCKS} (one, or one per level)")
     if not (_is_int(model.get("channels")) and model["channels"] in (1, 3)):
         raise CheckpointError("model channels must be 1 or 3")
     levels = model.get("attention_levels", [])

@@ -266,7 +266,9 @@ def train_command(
     image_size: Annotated[int, typer.Option(min=8, help="Side of the (square) training images.")] = 32,
     channels: Annotated[int, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = 3,
     widths: Annotated[str, typer.Option(help="U-Net widths per level, comma-separated.")] = "64,128,192",
-    blocks: Annotated[int, typer.Option(min=1, max=16, help="Residual blocks per level.")] = 2,
+    blocks: Annotated[
+        str, typer.Option(help="Residual blocks per level: one count (2) or one per level (2,2,1,1).")
+    ] = "2",
     attention: Annotated[
         str, typer.Option(help="Levels with self-attention (0 = the stem's resolution), or none.")
     ] = "2",
@@ -322,6 +324,9 @@ def train_command(
     levels = () if attention.strip().lower() == "none" else _ints(attention, "--attention")
     if not 1 <= len(width_list) <= 8 or any(w < 1 or w > 4096 for w in width_list):
         raise UsageError("--widths needs 1 to 8 widths between 1 and 4096, such as 64,128,192")
+    block_list = _ints(blocks, "--blocks")
+    if len(block_list) not in (1, len(width_list)) or any(n < 1 or n > 16 for n in block_list):
+        raise UsageError(f"--blocks needs one count, or one per level ({len(width_list)}), each from 1 to 16")
     factor = patch * 2 ** (len(width_list) - 1)
     side_name, side = ("--crop", crop) if crop is not None else ("--image-size", image_size)
     if side % factor:
@@ -332,7 +337,7 @@ def train_command(
         "model": {
             "channels": channels,
             "widths": list(width_list),
-            "blocks": blocks,
+            "blocks": block_list[0] if len(block_list) == 1 else list(block_list),
             "attention_levels": list(levels),
             "patch": patch,
             "norm": norm,

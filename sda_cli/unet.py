@@ -32,7 +32,8 @@ NORMS = ("group", "none")
 class UNetConfig:
     """The shape of the U-Net.
 
-    ``widths``: channels per level (level 0 is the stem's resolution); ``blocks``: residual blocks per level;
+    ``widths``: channels per level (level 0 is the stem's resolution); ``blocks``: residual blocks per level, one
+    count for every level or one per level (the decoder has one more at each level, as in the DDPM U-Net);
     ``attention_levels``: the levels with self-attention (the middle block has it when the coarsest level does);
     ``patch``: the stem's space-to-depth factor :math:`p` (pixel-unshuffle, Shi et al., 2016, as in FFDNet), so the
     network works at :math:`1/p` of the image's resolution from its first layer; ``norm``: ``group`` (adaptive group
@@ -42,7 +43,7 @@ class UNetConfig:
 
     channels: int = 3
     widths: tuple[int, ...] = (64, 128, 192)
-    blocks: int = 2
+    blocks: int | tuple[int, ...] = 2
     attention_levels: tuple[int, ...] = (2,)
     heads: int = 4
     dropout: float = 0.0
@@ -55,6 +56,8 @@ class UNetConfig:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORMS)}")
         if self.patch < 1:
             raise ValueError(f"patch must be a positive integer, got {self.patch}")
+        if isinstance(self.blocks, tuple) and len(self.blocks) != len(self.widths):
+            raise ValueError(f"blocks has {len(self.blocks)} counts for {len(self.widths)} levels")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +72,14 @@ class UNetConfig:
         for key in ("widths", "attention_levels"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
+        if isinstance(values.get("blocks"), list):
+            values["blocks"] = tuple(int(v) for v in values["blocks"])
         return cls(**values)
+
+    @property
+    def level_blocks(self) -> tuple[int, ...]:
+        """The encoder's residual blocks at each level."""
+        return self.blocks if isinstance(self.blocks, tuple) else (self.blocks,) * len(self.widths)
 
     @property
     def factor(self) -> int:
@@ -160,7 +170,7 @@ class UNet(nn.Module):
         self.config = config
         self.precision = precision
         """The autocast dtype of inference (``sda_cli.denoiser.autocast_dtype``); ``None``: the caller's context."""
-        widths, n = list(config.widths), config.blocks
+        widths, counts = list(config.widths), config.level_blocks
         embedding = 4 * widths[0]
         self.embed = NoiseEmbedding(widths[0], embedding)
         pixels = config.channels * config.patch**2
@@ -172,6 +182,7 @@ class UNet(nn.Module):
         skips = [widths[0]]
         current = widths[0]
         for i, width in enumerate(widths):
+            n = counts[i]
             self.down.append(
                 _level([current] + [width] * (n - 1), width, embedding, i in config.attention_levels, config)
             )
@@ -188,7 +199,7 @@ class UNet(nn.Module):
         self.upsample = nn.ModuleList()
         for i, width in reversed(list(enumerate(widths))):
             widths_in = []
-            for _ in range(n + 1):
+            for _ in range(counts[i] + 1):
                 widths_in.append(current + skips.pop())
                 current = width
             self.up.append(_level(widths_in, width, embedding, i in config.attention_levels, config))

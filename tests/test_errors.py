@@ -187,6 +187,11 @@ CASES = {
         "the image is RGB but the model is grey (1 channel); convert the image to grey, or pass an RGB model",
         1,
     ),
+    "block counts to train": (
+        ["train", "--dataset", "{tmp}", "--widths", "16,32", "--blocks", "2,1,1", "-o", "{tmp}/m.safetensors"],
+        "--blocks needs one count, or one per level (2), each from 1 to 16",
+        2,
+    ),
     "huge widths to train": (
         [
             "train",
