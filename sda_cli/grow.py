@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from sda_cli.checkpoint import build_denoiser, check_config, load_model, save_model
-from sda_cli.unet import UNet, UNetConfig
+from sda_cli.checkpoint import check_config, load_model, save_model
+from sda_cli.unet import Block, UNet, UNetConfig
 
 __all__ = ["grow_blocks"]
 
@@ -70,7 +69,7 @@ def _copy(weights: dict[str, Tensor], source: dict[str, Tensor], new: str, old: 
             weights[new + name[len(old) :]] = tensor
 
 
-def _pass_through(weights: dict[str, Tensor], block: Any, prefix: str) -> None:
+def _pass_through(weights: dict[str, Tensor], block: Block, prefix: str) -> None:
     """Make a decoder block return the first half of its input: skip projection [I 0], last convolution 0."""
     skip = block.res.skip
     out = skip.out_channels
@@ -89,15 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", required=True, help="encoder blocks per level, such as 2,2,1,1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    denoiser, config = load_model(args.small)
-    blocks = tuple(int(n) for n in args.blocks.split(","))
-    grown = grow_blocks(denoiser.backbone, blocks, args.seed)
-    new_config: dict[str, Any] = {k: v for k, v in config.items() if k != "format"}
-    new_config["model"] = {**config["model"], "blocks": list(blocks)}
-    check_config({"format": config["format"], **new_config})
-    target = build_denoiser(new_config)
-    target.backbone.load_state_dict(grown.state_dict())
-    save_model(args.grown, target, new_config, half=False)
+    try:
+        blocks = tuple(int(n) for n in args.blocks.split(","))
+    except ValueError:
+        parser.error(f"--blocks takes comma-separated whole numbers such as 2,2,1,1, not {args.blocks!r}")
+    try:
+        denoiser, config = load_model(args.small)
+        denoiser.backbone = grow_blocks(denoiser.backbone, blocks, args.seed)
+        grown_config = {**config, "model": {**config["model"], "blocks": list(blocks)}}
+        check_config(grown_config)
+        save_model(args.grown, denoiser, {k: v for k, v in grown_config.items() if k != "format"}, half=False)
+    except ValueError as error:  # CheckpointError included
+        parser.error(str(error))
 
 
 if __name__ == "__main__":
