@@ -282,6 +282,13 @@ def train_command(
         int | None,
         typer.Option(min=8, help="Train on random crops of this side of full-size photos (flips, 90° turns)."),
     ] = None,
+    half_scale: Annotated[
+        bool,
+        typer.Option(
+            help="With --crop, also crop the photos downscaled by 2 (half the crops): scale augmentation, and "
+            "full-resolution colour from JPEGs that store it at half resolution (4:2:0)."
+        ),
+    ] = False,
     noise_mean: Annotated[float, typer.Option(help="Mean of log(sigma_t/alpha_t) of the training noise levels.")] = (
         -1.2
     ),
@@ -333,6 +340,8 @@ def train_command(
         raise UsageError(f"{side_name} must be a multiple of {factor} for {len(width_list)} levels and --patch {patch}")
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, not {out.name!r}")
+    if half_scale and crop is None:
+        raise UsageError("--half-scale needs --crop: it adds the photos downscaled by 2 to the random crops")
     model_config = {
         "model": {
             "channels": channels,
@@ -369,14 +378,14 @@ def train_command(
     )
     main_process = int(os.environ.get("RANK", "0")) == 0
     if dataset.lower() != "cifar10":
-        data = load_dataset(dataset, data_dir, image_size, channels, crop)
+        data = load_dataset(dataset, data_dir, image_size, channels, crop, half_scale)
     elif no_download and (image_size, channels) == (32, 3):
         data = cifar10(data_dir, download=False)
     else:
         timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's download sets none: it could wait for ever
         try:
-            data = load_dataset(dataset, data_dir, image_size, channels, crop)
+            data = load_dataset(dataset, data_dir, image_size, channels, crop, half_scale)
         finally:
             socket.setdefaulttimeout(timeout)
     if main_process:

@@ -27,6 +27,7 @@ __all__ = [
     "Dataset",
     "cifar10",
     "default_cifar_dirs",
+    "half_size",
     "image_folder",
     "load_dataset",
     "photo_folder",
@@ -196,8 +197,19 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def photo_folder(folder: Path, crop: int, channels: int = 3) -> Dataset:
-    """Every image below ``folder`` at full resolution, for random ``crop × crop`` windows (:meth:`Dataset.batch`).
+def half_size(image: Tensor) -> Tensor:
+    """A uint8 image ``(C, H, W)`` downscaled by 2: the mean of each 2×2 block, rounded half up (an odd last row or
+    column is dropped)."""
+    height, width = image.shape[1] // 2 * 2, image.shape[2] // 2 * 2
+    x = image[:, :height, :width].int()
+    total = x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]
+    return ((total + 2) // 4).to(torch.uint8)
+
+
+def photo_folder(folder: Path, crop: int, channels: int = 3, half_scale: bool = False) -> Dataset:
+    """Every image below ``folder`` at full resolution, for random ``crop × crop`` windows (:meth:`Dataset.batch`);
+    with ``half_scale``, each one downscaled by 2 (:func:`half_size`) as well, when both its sides stay at least
+    ``crop``.
 
     Images with a side shorter than ``crop`` and unreadable files are skipped and counted.
     """
@@ -217,12 +229,24 @@ def photo_folder(folder: Path, crop: int, channels: int = 3) -> Dataset:
         images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
     if not images:
         raise DataError(f"{folder}: no readable image has both sides of at least {crop} pixels; lower --crop")
-    return Dataset(images, str(folder), skipped=skipped, crop=crop)
+    if not half_scale:
+        return Dataset(images, str(folder), skipped=skipped, crop=crop)
+    halves = [half for half in map(half_size, images) if min(half.shape[1:]) >= crop]
+    return Dataset(images + halves, f"{folder} (+ {len(halves)} at half scale)", skipped=skipped, crop=crop)
 
 
-def load_dataset(dataset: str, data_dir: Path | None, size: int, channels: int, crop: int | None = None) -> Dataset:
+def load_dataset(
+    dataset: str,
+    data_dir: Path | None,
+    size: int,
+    channels: int,
+    crop: int | None = None,
+    half_scale: bool = False,
+) -> Dataset:
     """``cifar10`` or a folder path, as the ``--dataset`` option takes it; ``crop``: random windows of full-size
-    photos instead of whole resized images."""
+    photos instead of whole resized images (``half_scale``: of the photos downscaled by 2 as well)."""
+    if half_scale and crop is None:
+        raise DataError("--half-scale needs --crop: it adds photos downscaled by 2 to the random crops")
     if dataset.lower() == "cifar10":
         if size != 32 or channels != 3 or crop is not None:
             raise DataError(
@@ -230,5 +254,5 @@ def load_dataset(dataset: str, data_dir: Path | None, size: int, channels: int, 
             )
         return cifar10(data_dir)
     if crop is not None:
-        return photo_folder(Path(dataset), crop, channels)
+        return photo_folder(Path(dataset), crop, channels, half_scale)
     return image_folder(Path(dataset), size, channels)

@@ -192,6 +192,11 @@ CASES = {
         "--blocks needs one count, or one per level (2), each from 1 to 16",
         2,
     ),
+    "half scale without crops": (
+        ["train", "--dataset", "{tmp}", "--half-scale", "-o", "{tmp}/m.safetensors"],
+        "--half-scale needs --crop: it adds the photos downscaled by 2 to the random crops",
+        2,
+    ),
     "huge widths to train": (
         [
             "train",

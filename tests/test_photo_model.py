@@ -10,7 +10,7 @@ import torch
 from conftest import run_sda
 from PIL import Image
 
-from sda_cli.data import photo_folder
+from sda_cli.data import half_size, photo_folder
 from sda_cli.unet import UNet, UNetConfig
 
 LOCAL = UNetConfig(channels=3, widths=(8, 16), blocks=1, attention_levels=(), patch=2, norm="none")
@@ -31,11 +31,35 @@ def test_crops_are_windows_turned_by_the_eight_dihedral_maps(tmp_path: Path) -> 
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "b.png")
     (tmp_path / "a.png").unlink()
     big = photo_folder(tmp_path, crop=8)
-    full = big.images[0].float().div(127.5).sub(1)
-    windows = full.unfold(1, 8, 1).unfold(2, 8, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 8, 8)
-    for crop in big.batch(20, torch.Generator().manual_seed(2)):
-        turns = [crop.flip(-1).rot90(-k, (1, 2)) for k in range(4)] + [crop.rot90(-k, (1, 2)) for k in range(4)]
-        assert any(bool((windows == turn).all(dim=(1, 2, 3)).any()) for turn in turns)
+    assert all(_is_turned_window(crop, big.images[0]) for crop in big.batch(20, torch.Generator().manual_seed(2)))
+
+
+def test_half_scale_adds_each_photo_downscaled_by_two_when_it_still_holds_a_crop(tmp_path: Path) -> None:
+    """``half_scale`` adds the 2x2 block means (rounded) of each photo whose halves keep a crop's side: a 17x21
+    photo gives an 8x10 one at crop 8, a 12x30 photo (6x15) none; half the crops then come from the halves."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (17, 21, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    Image.fromarray(rng.integers(0, 256, (12, 30, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    data = photo_folder(tmp_path, crop=8, half_scale=True)
+    assert len(data.images) == 3 and "(+ 1 at half scale)" in data.name
+    blocks = big[:16, :20].astype(np.float64).reshape(8, 2, 10, 2, 3).mean(axis=(1, 3))
+    expected = torch.from_numpy(np.floor(blocks + 0.5).astype(np.uint8)).permute(2, 0, 1)
+    assert torch.equal(half_size(data.images[0]), expected)
+    assert any(torch.equal(image, expected) for image in data.images)
+    assert len(photo_folder(tmp_path, crop=8).images) == 2
+    crops = data.batch(600, torch.Generator().manual_seed(0))
+    from_half = sum(_is_turned_window(crop, expected) for crop in crops)
+    assert 150 < from_half < 250, from_half  # one image in three is the half-scale one
+
+
+def _is_turned_window(crop: torch.Tensor, image: torch.Tensor) -> bool:
+    """Whether ``crop`` (model units) is a window of the uint8 ``image``, flipped or turned by 90° steps."""
+    side = crop.shape[-1]
+    full = image.float().div(127.5).sub(1)
+    windows = full.unfold(1, side, 1).unfold(2, side, 1).permute(1, 2, 0, 3, 4).reshape(-1, image.shape[0], side, side)
+    turns = [crop.flip(-1).rot90(-k, (1, 2)) for k in range(4)] + [crop.rot90(-k, (1, 2)) for k in range(4)]
+    return any(bool((windows == turn).all(dim=(1, 2, 3)).any()) for turn in turns)
 
 
 def test_local_network_output_does_not_see_far_pixels() -> None:
