@@ -74,7 +74,7 @@ def high_band_share(image: torch.Tensor) -> torch.Tensor:
 
 def photos(folder: Path) -> list[torch.Tensor]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png", ".tif", ".tiff"))
-    return [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in files]
+    return [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in files]
 
 
 def subsampled(folder: Path) -> str:
