@@ -289,6 +289,15 @@ def train_command(
             "full-resolution colour from JPEGs that store it at half resolution (4:2:0)."
         ),
     ] = False,
+    mix_cifar: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.95,
+            help="With --crop, this share of the images are mosaics of CIFAR-10 (from --data-dir), whose colour is "
+            "at full resolution.",
+        ),
+    ] = 0.0,
     noise_mean: Annotated[float, typer.Option(help="Mean of log(sigma_t/alpha_t) of the training noise levels.")] = (
         -1.2
     ),
@@ -340,8 +349,8 @@ def train_command(
         raise UsageError(f"{side_name} must be a multiple of {factor} for {len(width_list)} levels and --patch {patch}")
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, not {out.name!r}")
-    if half_scale and crop is None:
-        raise UsageError("--half-scale needs --crop: it adds the photos downscaled by 2 to the random crops")
+    if (half_scale or mix_cifar) and crop is None:
+        raise UsageError("--half-scale and --mix-cifar need --crop: they add images to the random crops")
     model_config = {
         "model": {
             "channels": channels,
@@ -361,7 +370,7 @@ def train_command(
             raise UsageError(f"{error}; change --widths, --blocks or --attention") from None
     torch_device = _device(device)
     _check_writable(out)
-    from sda_cli.data import cifar10, load_dataset
+    from sda_cli.data import load_dataset
     from sda_cli.train import StepReport, TrainConfig, train
 
     config = TrainConfig(
@@ -377,17 +386,12 @@ def train_command(
         compile=compile,
     )
     main_process = int(os.environ.get("RANK", "0")) == 0
-    if dataset.lower() != "cifar10":
-        data = load_dataset(dataset, data_dir, image_size, channels, crop, half_scale)
-    elif no_download and (image_size, channels) == (32, 3):
-        data = cifar10(data_dir, download=False)
-    else:
-        timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's download sets none: it could wait for ever
-        try:
-            data = load_dataset(dataset, data_dir, image_size, channels, crop, half_scale)
-        finally:
-            socket.setdefaulttimeout(timeout)
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's download sets none: it could wait for ever
+    try:
+        data = load_dataset(dataset, data_dir, image_size, channels, crop, half_scale, mix_cifar, not no_download)
+    finally:
+        socket.setdefaulttimeout(timeout)
     if main_process:
         skipped = f" ({data.skipped} unreadable files skipped)" if data.skipped else ""
         _say(f"data: {data.name}, {len(data.images)} images{skipped}; device: {torch_device}")

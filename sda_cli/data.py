@@ -11,6 +11,7 @@ training step draws its batch by indexing, with no input pipeline. Two ways to d
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "cifar10",
+    "cifar_mosaics",
     "default_cifar_dirs",
     "half_size",
     "image_folder",
@@ -235,6 +237,33 @@ def photo_folder(folder: Path, crop: int, channels: int = 3, half_scale: bool = 
     return Dataset(images + halves, f"{folder} (+ {len(halves)} at half scale)", skipped=skipped, crop=crop)
 
 
+def cifar_mosaics(images: Tensor, count: int, generator: torch.Generator) -> list[Tensor]:
+    """``count`` square mosaics of k×k of the small ``images`` ``(N, C, s, s)``, each image in one mosaic (a few twice
+    when N is not a multiple of k², with k = ⌈√(N / count)⌉), in a random order.
+
+    Mosaics of CIFAR-10 images give the random crops of :meth:`Dataset.batch` images whose colour is at full
+    resolution (CIFAR-10 images are downscaled photos), with an edge at every s pixels between unrelated images.
+    """
+    total, channels, side = images.shape[0], images.shape[1], images.shape[-1]
+    k = math.ceil(math.sqrt(total / count))
+    order = torch.randperm(total, generator=generator).repeat(math.ceil(count * k * k / total))[: count * k * k]
+    tiles = images[order].reshape(count, k, k, channels, side, side)
+    return list(tiles.permute(0, 3, 1, 4, 2, 5).reshape(count, channels, k * side, k * side).unbind(0))
+
+
+def _with_mosaics(photos: Dataset, cifar: Dataset, share: float) -> Dataset:
+    """``photos`` with mosaics of ``cifar`` added (:func:`cifar_mosaics`), ``share`` of all the images."""
+    assert isinstance(cifar.images, Tensor) and photos.crop is not None
+    if photos.channels != cifar.channels:
+        raise DataError("--mix-cifar needs RGB photos (--channels 3): CIFAR-10 is RGB")
+    count = max(1, round(len(photos.images) * share / (1 - share)))
+    mosaics = cifar_mosaics(cifar.images, count, torch.Generator().manual_seed(0))
+    if mosaics[0].shape[-1] < photos.crop:
+        raise DataError(f"mosaics of CIFAR-10 would be smaller than --crop {photos.crop}; lower --mix-cifar or --crop")
+    name = f"{photos.name} (+ {count} mosaics of CIFAR-10, {share:.0%} of the images)"
+    return Dataset([*photos.images, *mosaics], name, photos.skipped, photos.crop)
+
+
 def load_dataset(
     dataset: str,
     data_dir: Path | None,
@@ -242,17 +271,23 @@ def load_dataset(
     channels: int,
     crop: int | None = None,
     half_scale: bool = False,
+    mix_cifar: float = 0.0,
+    download: bool = True,
 ) -> Dataset:
     """``cifar10`` or a folder path, as the ``--dataset`` option takes it; ``crop``: random windows of full-size
-    photos instead of whole resized images (``half_scale``: of the photos downscaled by 2 as well)."""
-    if half_scale and crop is None:
-        raise DataError("--half-scale needs --crop: it adds photos downscaled by 2 to the random crops")
+    photos instead of whole resized images (``half_scale``: of the photos downscaled by 2 as well; ``mix_cifar``:
+    that share of the images are mosaics of CIFAR-10 from ``data_dir``, :func:`cifar_mosaics`)."""
+    if (half_scale or mix_cifar) and crop is None:
+        raise DataError("--half-scale and --mix-cifar need --crop: they add images to the random crops")
+    if not 0.0 <= mix_cifar < 1.0:
+        raise DataError(f"--mix-cifar is a share of the crops, from 0 up to but not 1; got {mix_cifar:g}")
     if dataset.lower() == "cifar10":
         if size != 32 or channels != 3 or crop is not None:
             raise DataError(
                 "CIFAR-10 images are 32x32 RGB; use --image-size 32 and --channels 3, and no --crop, with it"
             )
-        return cifar10(data_dir)
+        return cifar10(data_dir, download=download)
     if crop is not None:
-        return photo_folder(Path(dataset), crop, channels, half_scale)
+        photos = photo_folder(Path(dataset), crop, channels, half_scale)
+        return _with_mosaics(photos, cifar10(data_dir, download=download), mix_cifar) if mix_cifar else photos
     return image_folder(Path(dataset), size, channels)

@@ -194,7 +194,7 @@ CASES = {
     ),
     "half scale without crops": (
         ["train", "--dataset", "{tmp}", "--half-scale", "-o", "{tmp}/m.safetensors"],
-        "--half-scale needs --crop: it adds the photos downscaled by 2 to the random crops",
+        "--half-scale and --mix-cifar need --crop: they add images to the random crops",
         2,
     ),
     "huge widths to train": (

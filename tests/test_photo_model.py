@@ -10,7 +10,7 @@ import torch
 from conftest import run_sda
 from PIL import Image
 
-from sda_cli.data import half_size, photo_folder
+from sda_cli.data import cifar_mosaics, half_size, photo_folder
 from sda_cli.unet import UNet, UNetConfig
 
 LOCAL = UNetConfig(channels=3, widths=(8, 16), blocks=1, attention_levels=(), patch=2, norm="none")
@@ -51,6 +51,29 @@ def test_half_scale_adds_each_photo_downscaled_by_two_when_it_still_holds_a_crop
     crops = data.batch(600, torch.Generator().manual_seed(0))
     from_half = sum(_is_turned_window(crop, expected) for crop in crops)
     assert 150 < from_half < 250, from_half  # one image in three is the half-scale one
+
+
+def test_cifar_mosaics_hold_every_image_in_a_grid() -> None:
+    """10 images in 2 mosaics: 3x3 tiles each (k = ceil(sqrt(5))), every tile one whole image, every image in one."""
+    images = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 3, 4, 4).contiguous()
+    mosaics = cifar_mosaics(images, 2, torch.Generator().manual_seed(0))
+    assert [tuple(m.shape) for m in mosaics] == [(3, 12, 12)] * 2
+    tiles = [m[:, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4] for m in mosaics for i in range(3) for j in range(3)]
+    assert all(bool((tile == tile[0, 0, 0]).all()) for tile in tiles)
+    assert sorted({int(tile[0, 0, 0]) for tile in tiles}) == list(range(10))
+
+
+def test_train_on_photos_with_half_scale_and_cifar_mosaics(tmp_path: Path, shared_cifar: Path) -> None:
+    """``--half-scale --mix-cifar 0.5``: the model records photos, their halves and as many CIFAR-10 mosaics."""
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    model = tmp_path / "photo.safetensors"
+    result = run_sda("train", "--dataset", tmp_path, "--crop", "16", "--half-scale", "--mix-cifar", "0.5",
+                     "--data-dir", shared_cifar, "--patch", "2", "--widths", "8,16", "--blocks", "1", "--attention",
+                     "none", "--norm", "none", "--steps", "1", "--batch-size", "2", "-o", model, "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "(+ 3 at half scale) (+ 6 mosaics of CIFAR-10, 50% of the images)" in run_sda("info", model).stdout
 
 
 def _is_turned_window(crop: torch.Tensor, image: torch.Tensor) -> bool:
