@@ -3,7 +3,8 @@
 What. Whether the photo model's shortfall on McMaster comes from its data (a network that learns its 400 training
 photos by heart: the PSNR on training crops rises while the PSNR on unseen photos stalls) or from its capacity and
 training length (both rise together). Each ``--models NAME=SPEC`` (a checkpoint file, or ``REV:PATH``, the file
-``PATH`` as committed at git revision ``REV``; default: every committed version of ``checkpoints/photo.safetensors``)
+``PATH`` as committed at git revision ``REV``; default: every committed version of ``checkpoints/photo.safetensors``,
+and the file itself when it differs from the last commit's)
 denoises the same ``--count`` fixed crops of BSDS400 (the training photos) and of McMaster18 (never trained on) at
 each ``--sigmas`` level, with the posterior mean (``mmse``). One row per model, in the order of its training step,
 with the mean PSNR of each set and level, and the change at the middle level since the row before: a model that
@@ -55,10 +56,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def committed_versions() -> dict[str, str]:
-    """``{short revision: 'REV:checkpoints/photo.safetensors'}`` for each commit that changed the shipped file."""
+    """``{short revision: 'REV:checkpoints/photo.safetensors'}`` for each commit that changed the shipped file, and
+    ``{'working tree': path}`` when the file differs from the last commit's."""
     log = ["git", "-C", str(ROOT), "log", "--format=%h", "--", SHIPPED]
     revisions = subprocess.run(log, check=True, capture_output=True, text=True).stdout.split()
-    return {revision: f"{revision}:{SHIPPED}" for revision in reversed(revisions)}
+    versions = {revision: f"{revision}:{SHIPPED}" for revision in reversed(revisions)}
+    changed = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", SHIPPED], check=False)
+    if changed.returncode:
+        versions["working tree"] = SHIPPED
+    return versions
 
 
 def resolve(name: str, spec: str, work: Path) -> Path:

@@ -129,11 +129,11 @@ def parse_sigma(text: str) -> float:
     return value
 
 
-def _load_model(model: str | None, device: torch.device, verbose: bool, precision: str) -> Denoiser:
-    """``--model`` (a shipped name or a path) for inference on ``device`` at ``--precision``."""
+def _load_model(model: str | None, device: torch.device, verbose: bool, precision: str, default: str) -> Denoiser:
+    """``--model`` (a shipped name or a path; none: the command's ``default``) on ``device`` at ``--precision``."""
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    path = resolve_model(model)
+    path = resolve_model(model, default)
     denoiser = load_model(path, device=device, precision=precision)
     if verbose:
         dtype = getattr(denoiser.backbone, "precision", None) or torch.float32
@@ -488,9 +488,7 @@ def denoise_command(
         str,
         typer.Option(help="Noise standard deviation in [0, 1] pixel units (0.1 or 25/255), or auto to estimate it."),
     ],
-    model: Annotated[
-        str | None, typer.Option(help="A shipped model's name or a model file (default: cifar10).")
-    ] = None,
+    model: Annotated[str | None, typer.Option(help="A shipped model's name or a model file (default: photo).")] = None,
     method: Annotated[
         str,
         typer.Option(
@@ -607,7 +605,7 @@ def denoise_command(
     torch_device = _device(device)
     pairs = _pairs(inputs, output, force)
     std_targets = _std_targets(pairs, std, output, force)
-    denoiser = _load_model(model, torch_device, verbose, precision)
+    denoiser = _load_model(model, torch_device, verbose, precision, "photo")
     if value is not None:
         _check_sigma(denoiser, sigma, value)
     generator = _generator(seed, torch_device, verbose, "denoise")
@@ -950,7 +948,7 @@ def restore_command(
     torch_device = _device(device)
     pairs = _pairs(inputs, output, force)
     std_targets = _std_targets(pairs, std, output, force)
-    denoiser = _load_model(model, torch_device, verbose, precision)
+    denoiser = _load_model(model, torch_device, verbose, precision, "cifar10")
     plain = blur is None and kernel is None and scale is None and mask is None
     generator = _generator(seed, torch_device, verbose, "denoise" if plain else "restore")
     failures = _Failures()
@@ -1022,7 +1020,7 @@ def sample_command(
     if not is_folder and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
         raise UsageError(f"-o {output}: name a .png (or other image) file for a grid, or a folder")
     torch_device = _device(device)
-    denoiser = _load_model(model, torch_device, verbose, precision)
+    denoiser = _load_model(model, torch_device, verbose, precision, "cifar10")
     step_count = steps or DEFAULT_STEPS[sampler_name]
     generator = _generator(seed, torch_device, verbose, "sample")
     evaluations = make_sampler(sampler_name, denoiser).nfe(step_count)

@@ -18,8 +18,8 @@ __all__ = ["CHECKPOINTS", "SHIPPED", "flops_per_pixel", "load_model", "pick_devi
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED: dict[str, str] = {
-    "cifar10": "CIFAR-10 32×32 thumbnails: the default of sda denoise and sda sample",
-    "photo": "natural colour photos (BSDS500), for large images; in training, not yet the default",
+    "photo": "natural colour photos (BSDS500 and CIFAR-10 mosaics), for large images: the default of sda denoise",
+    "cifar10": "CIFAR-10 32×32 thumbnails: the default of sda sample and sda restore",
 }
 """The shipped models: name → what it was trained on and what it is for."""
 

@@ -121,3 +121,18 @@ def test_train_and_denoise_a_photo_model(tmp_path: Path, image_dir: Path) -> Non
     assert np.load(tmp_path / "out.npy").shape == (72, 80, 3)
     bad = run_sda("train", "--dataset", image_dir, "--crop", "14", "--patch", "2", "--widths", "8,16", "-o", model)
     assert bad.returncode == 2 and "--crop must be a multiple of 4" in bad.stderr
+
+
+def test_each_command_has_its_default_shipped_model(tmp_path: Path) -> None:
+    """Without --model, ``denoise`` runs the shipped photo model, ``restore`` and ``sample`` the CIFAR-10 one."""
+    image = tmp_path / "in.npy"
+    np.save(image, np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32))
+    runs = [
+        ("photo", ["denoise", image, "--sigma", "0.1"]),
+        ("cifar10", ["restore", image, "--scale", "2", "--sigma", "0.05", "--method", "pnp", "--steps", "1"]),
+        ("cifar10", ["sample", "-n", "1", "--steps", "1"]),
+    ]
+    for name, args in runs:
+        result = run_sda(*args, "-o", tmp_path / f"{args[0]}.png", "--verbose", "-q")
+        assert result.returncode == 0, result.stderr
+        assert f"{name}.safetensors" in result.stderr, (args[0], result.stderr)
