@@ -6,7 +6,14 @@ training step draws its batch by indexing, with no input pipeline. Two ways to d
 * whole images, all resized and centre-cropped to one size ``(N, C, H, W)``, with random horizontal flips;
 * random ``crop × crop`` windows of photos kept at full resolution, each turned by a random element of the
   dihedral group (flips and 90° rotations, 8 in all), as colour CNN denoisers are trained (Zhang et al.,
-  "Beyond a Gaussian Denoiser", TIP 2017; "FFDNet", TIP 2018).
+  "Beyond a Gaussian Denoiser", TIP 2017; "FFDNet", TIP 2018); optionally (``half_scale``) also from each photo
+  downscaled by 2, half the photo crops, and (``mix_cifar``) from mosaics of CIFAR-10 images, that share of them.
+
+JPEG photos (BSDS400 among them) store their colour at half the resolution of their brightness (4:2:0 chroma
+subsampling): a prior learnt from them alone takes fine colour detail for noise and removes it from photos that have
+some. Averaging 2×2 pixels gives photos whose colour is at full resolution (one stored colour sample per pixel), and
+scale augmentation besides; CIFAR-10 images, downscaled photos, have full-resolution colour too
+(``benchmarks/photo_colour.py``).
 """
 
 from __future__ import annotations
