@@ -12,7 +12,8 @@ shows it as a larger Cb and Cr error on McMaster with no larger Y error.
 How. YCbCr of JPEG (ITU-R BT.601, full range) from [0, 1] RGB. Band share: per image (cut to a multiple of 8
 pixels), the 2-D power spectrum of each channel less its mean, the fraction at frequencies with max(|f_x|, |f_y|) >
 1/4 cycle per pixel, averaged over images. Crops and noise as ``benchmarks/photo_fit.py`` makes them (the same crops
-when ``--count`` and ``--crop`` are the same). Run from the repository root; each model takes about 30 s on 1 thread:
+when ``--count`` and ``--crop`` are the same). Run from the repository root; on 1 thread of an AVX-512 EPYC beside a
+training run, the photo model took about a minute and the cifar10 model about 4 minutes:
 
     python benchmarks/photo_colour.py --threads 1
 """
@@ -25,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
-from photo_fit import SETS, crops
+from photo_fit import SETS, crops, denoised, photo_files
 from PIL import Image, JpegImagePlugin
 
-from sda_cli import denoise, load_model
+from sda_cli import load_model
 from sda_cli.data import cifar10, half_size
 
 TITLE = "Brightness against colour: photo data and the denoising error per YCbCr channel"
@@ -73,8 +74,7 @@ def high_band_share(image: torch.Tensor) -> torch.Tensor:
 
 
 def photos(folder: Path) -> list[torch.Tensor]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png", ".tif", ".tiff"))
-    return [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in files]
+    return [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in photo_files(folder)]
 
 
 def subsampled(folder: Path) -> str:
@@ -111,10 +111,7 @@ def model_rows(models: dict[str, str], sigmas: list[float], count: int, side: in
         model = load_model(path, precision="fp32")
         for set_name, clean in data.items():
             for level in sigmas:
-                noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(round(level)))
-                with torch.no_grad():
-                    estimate, _ = denoise(model, clean + level / 255 * noise, level / 255, clipped="off")
-                estimate = estimate.clamp(0, 1)
+                estimate = denoised(model, clean, level)
                 error = ycbcr(estimate - clean).square().mean(dim=(0, 2, 3)) * 255**2
                 quality = float(psnr(estimate, clean).mean())
                 rows.append([name, set_name, f"{level:g}", f"{quality:.2f}", *(f"{e:.2f}" for e in error.tolist())])

@@ -14,7 +14,7 @@ How. Crops of ``--crop`` × ``--crop`` pixels at places drawn by ``numpy.random.
 corner), the same for every model; Gaussian noise from ``torch.Generator().manual_seed(level)`` in float (not
 clipped nor quantised: the model alone, without the 8-bit file); ``sda_cli.denoise(..., clipped="off")``, clamped to
 [0, 1]; PSNR per crop (peak 1) then averaged. The training crops are not augmented (no flips nor rotations).
-Run from the repository root; each model takes about 20 s on 1 thread of an AVX-512 EPYC:
+Run from the repository root; each model took about 30 s on 1 thread of an AVX-512 EPYC beside a training run:
 
     python benchmarks/photo_fit.py --threads 1
 """
@@ -32,6 +32,7 @@ from PIL import Image
 
 from sda_cli import denoise, load_model
 from sda_cli.checkpoint import read_metadata
+from sda_cli.data import IMAGE_SUFFIXES
 
 TITLE = "Fit against generalisation of the photo model: training crops against McMaster crops"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
@@ -76,9 +77,14 @@ def resolve(name: str, spec: str, work: Path) -> Path:
     return path
 
 
+def photo_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def crops(folder: Path, count: int, side: int, rng: np.random.Generator) -> torch.Tensor:
     """``count`` crops ``(count, 3, side, side)`` in [0, 1] from the photos of ``folder`` (sorted by name)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png", ".tif", ".tiff"))
+    files = photo_files(folder)
     out = []
     for _ in range(count):
         image = np.asarray(Image.open(files[rng.integers(len(files))]).convert("RGB"))
@@ -87,12 +93,18 @@ def crops(folder: Path, count: int, side: int, rng: np.random.Generator) -> torc
     return torch.stack(out).float() / 255
 
 
-def mean_psnr(model: torch.nn.Module, clean: torch.Tensor, level: float) -> float:
-    """Mean PSNR of the ``mmse`` estimate of ``clean`` plus float Gaussian noise of ``level``/255."""
+def denoised(model: torch.nn.Module, clean: torch.Tensor, level: float) -> torch.Tensor:
+    """The ``mmse`` estimate, clamped to [0, 1], of ``clean`` plus float Gaussian noise of ``level``/255 (seeded by
+    the level, so every model sees the same noise)."""
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(round(level)))
     with torch.no_grad():
         estimate, _ = denoise(model, clean + level / 255 * noise, level / 255, clipped="off")
-    return float(psnr(estimate.clamp(0, 1), clean).mean())
+    return estimate.clamp(0, 1)
+
+
+def mean_psnr(model: torch.nn.Module, clean: torch.Tensor, level: float) -> float:
+    """Mean PSNR of :func:`denoised`."""
+    return float(psnr(denoised(model, clean, level), clean).mean())
 
 
 def main() -> None:
