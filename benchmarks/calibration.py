@@ -23,8 +23,11 @@ would have, from the same sums, for draws centred on ``m``: ``(E|x - m|² + E s�
 
 Fit. ``--fit`` measures the factor λ = (E|x - m|² / E|draw - m|²)^½ at each ``--fit-sigmas`` level on
 ``--fit-count`` CIFAR-10 test images that are neither trained on nor used for the table (the lossy JPEG copies of the
-9,000 test images outside the exact 1,000, evenly spread over the classes), from raw draws at the first ``--steps``,
-and writes the table into the checkpoint's config (``calibration.inflation``); the weights are untouched.
+9,000 test images outside the exact 1,000, evenly spread over the classes), from K = ``--samples`` raw draws at the
+first ``--steps``, and writes the table into the checkpoint's config (``calibration.inflation``, with a note of what it
+was fitted on); the weights are untouched. The fit is ``sda_cli.calibration`` (``calibrate`` then
+``write_calibrated``, with the checkpoint as its own output), what ``sda calibrate`` runs, in this process at
+``--precision``, with the noise and draws of seed 0.
 
 The decomposition row ``oracle`` runs the same sampler (``sda_cli`` core, same steps and grid) on the exact
 denoiser of the Gaussian fitted to 20,000 CIFAR-10 training images (mean and full 3072 × 3072 covariance), on draws
@@ -34,6 +37,7 @@ the model row and 2 is the model's.
 Run from the repository root:
 
     python benchmarks/calibration.py --model checkpoints/cifar10.safetensors --fit --fit-count 32
+    # the same fit on your own images, into a copy: sda calibrate IMAGES --model M -o M-calibrated.safetensors
     python benchmarks/calibration.py --model checkpoints/cifar10.safetensors --count 64 --samples 2 --record
 """
 
@@ -41,34 +45,24 @@ from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
+from _common import DEFAULT_DATA, ROOT, arguments, checkpoint_line, header, parse, report, run_cli, table, work_folder
 from PIL import Image
 
-from sda_cli.checkpoint import read_metadata, update_config
+from sda_cli.calibration import calibrate, write_calibrated
+from sda_cli.checkpoint import read_metadata
 from sda_cli.data import cifar10
-from sda_cli.inflation import fit_factor, inflation_factor
+from sda_cli.inflation import inflation_factor
+from sda_cli.models import load_model
 
 TITLE = "Calibration of posterior draws and of the --std map"
 FIT_TITLE = "Inflation factors of posterior draws"
 COLUMNS = ["denoiser", "sigma", "steps", "K", "draw ratio (2)", "std ratio (1)", "std ratio, K = 8 (predicted)",
            "verdict", "s/image"]  # fmt: skip
-
-
-def _cli(*args: str, threads: int) -> float:
-    """Run ``python -m sda_cli ARGS`` and return its wall seconds; fail loudly if it fails."""
-    start = time.perf_counter()
-    env = {"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "sda_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"sda {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return time.perf_counter() - start
 
 
 def _read(folder: Path, names: list[str]) -> torch.Tensor:
@@ -101,12 +95,12 @@ def _denoise_files(
         np.save(noisy / name, image.float().numpy())
     common = ["--sigma", repr(sigma), "--seed", "0", "--precision", args.precision, "-q", "--model", str(args.model)]
     mmse_dir = work / f"{tag}-mmse-{sigma}"
-    _cli("denoise", str(noisy), "-o", str(mmse_dir), "--method", "mmse", *common, threads=args.threads)
+    run_cli("denoise", str(noisy), "-o", str(mmse_dir), "--method", "mmse", *common, threads=args.threads, check=True)
     mean_dir, std_dir = work / f"{tag}-mean-{sigma}-{steps}", work / f"{tag}-std-{sigma}-{steps}"
-    seconds = _cli(
+    seconds = run_cli(
         "denoise", str(noisy), "-o", str(mean_dir), "--std", str(std_dir), "--method", "mean", "--inflation", inflation,
-        "--samples", str(args.samples), "--steps", str(steps), *common, threads=args.threads,
-    )  # fmt: skip
+        "--samples", str(args.samples), "--steps", str(steps), *common, threads=args.threads, check=True,
+    ).seconds  # fmt: skip
     return _read(mmse_dir, names), _read(mean_dir, names), _read(std_dir, names), seconds / len(x)
 
 
@@ -134,26 +128,20 @@ def _row(
             f"{predicted:.3f}", verdict, time_cell]  # fmt: skip
 
 
-def fit(args: argparse.Namespace, work: Path) -> list[list[str]]:
-    """Fit the inflation factor at each sigma on held-out images and write the table into the checkpoint."""
-    x = held_out_images(args.fit_count)
-    k, steps, rows, fitted = args.samples, args.steps[0], [], []
-    for sigma in args.fit_sigmas:
-        m, mean, std, _ = _denoise_files(args, work, "fit", x, sigma, steps, "1")
-        error = float((m - x).square().sum())
-        spread = float((mean - m).square().sum() + (k - 1) / k * std.square().sum())  # sum_k |d_k - m|² / K
-        factor = fit_factor(error, spread)
-        fitted.append([sigma, round(factor, 4)])
-        rows.append([f"{sigma:g}", f"{spread / error:.3f}", f"{factor:.4f}"])
-        print(fitted, file=sys.stderr, flush=True)
+def fit(args: argparse.Namespace) -> list[list[str]]:
+    """Fit the inflation factor at each sigma on held-out images (``sda_cli.calibration``, as ``sda calibrate``) and
+    write the table into the checkpoint. Rows: sigma, the raw draws' spread over the MMSE error (1/λ²), λ."""
+    x = held_out_images(args.fit_count).permute(0, 3, 1, 2).float()
+    model = load_model(args.model, device="cpu", precision=args.precision)
+    fitted = calibrate(model, x, args.fit_sigmas, samples=args.samples, steps=args.steps[0], seed=0)
     what = f"{args.fit_count} CIFAR-10 test images outside the exact 1,000 (JPEG copies), float Gaussian noise"
-    update_config(args.model, "calibration", {"inflation": fitted, "fitted_on": what, "steps": steps, "samples": k})
-    return rows
+    write_calibrated(args.model, args.model, fitted, fitted_on=what)
+    return [[f"{level.sigma:g}", f"{level.factor**-2:.3f}", f"{level.factor:.4f}"] for level in fitted.levels]
 
 
 def model_rows(args: argparse.Namespace, work: Path, sigma: float) -> list[list[str]]:
     """The ratios of the model's raw and inflated draws at each step count, through the command line."""
-    clean = cifar10(DEFAULT_DATA if args.data is None else args.data, train=False).images[: args.count]
+    clean = cifar10(args.data_dir, train=False).images[: args.count]
     x = clean.permute(0, 2, 3, 1).double() / 255
     factor = inflation_factor(read_metadata(args.model).get("calibration", {}).get("inflation", []), sigma)
     rows = []
@@ -173,7 +161,7 @@ def oracle_rows(args: argparse.Namespace, sigma: float) -> list[list[str]]:
     from sda_cli import guidance
     from sda_cli.schedule import make_schedule
 
-    train = cifar10(DEFAULT_DATA if args.data is None else args.data, train=True).images[:20_000]
+    train = cifar10(args.data_dir, train=True).images[:20_000]
     data = train.double().div(127.5).sub(1).flatten(1)
     oracle = GaussianDenoiser(data.mean(0), torch.cov(data.T), make_schedule({"name": "cosine"}))
     generator = torch.Generator().manual_seed(0)
@@ -191,27 +179,22 @@ def oracle_rows(args: argparse.Namespace, sigma: float) -> list[list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data", type=Path, default=None, help="folder holding cifar-10-batches-py/")
-    parser.add_argument("--count", type=int, default=64, help="test images per sigma")
+    parser = arguments(
+        __doc__, model="cifar10", count=64, count_help="test images per sigma", threads=2, data_dir=True, work=True
+    )
     parser.add_argument("--oracle-count", type=int, default=256, help="Gaussian draws per sigma for the oracle rows")
     parser.add_argument("--samples", type=int, default=2, help="K draws per image")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--steps", type=int, nargs="+", default=[128])
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--fit", action="store_true", help="fit the inflation factors and write them into --model")
     parser.add_argument("--fit-count", type=int, default=32)
     parser.add_argument("--fit-sigmas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
-    parser.add_argument("--record", action="store_true", help="also write the table into benchmarks/RESULTS.md")
-    parser.add_argument("--work", type=Path, default=None, help="keep the files here (default: a temporary folder)")
-    args = parser.parse_args()
-    set_threads(args.threads)
+    args = parse(parser)
     with work_folder(args.work, "sda-calibration-") as work:
         if args.fit:
-            rows = fit(args, work)
+            rows = fit(args)
             text = "\n".join(
                 [
                     header(FIT_TITLE, checkpoint_line(args.model)),

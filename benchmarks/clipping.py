@@ -2,7 +2,7 @@
 
 For each ``--sigmas`` level, the first ``--count`` exact CIFAR-10 test images get the same noise n (seed 0) and
 are denoised by the posterior mean ``sda_cli.guidance.MatchedPosterior(denoiser, y, 2 sigma).mean()`` (in-process,
-the checkpoint's network at ``--precision``) from three versions of one observation:
+the checkpoint's network at ``--precision``, ``sda_cli.load_model``) from three versions of one observation:
 
 * float: ``y = x + sigma n``, unclipped (the exact matched-time identity holds);
 * 8-bit: ``round(clip(y, 0, 1) 255) / 255``, what ``sda noise`` writes to a PNG, taken at face value
@@ -21,17 +21,12 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
-import os
-from pathlib import Path
-
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
+from _common import arguments, checkpoint_line, header, parse, psnr, report, table
 
-from sda_cli.checkpoint import load_model
+from sda_cli import load_model
 from sda_cli.clipping import impute_clipped
 from sda_cli.data import cifar10
-from sda_cli.denoiser import autocast_dtype
 from sda_cli.guidance import MatchedPosterior
 
 TITLE = "Clipped 8-bit inputs: MMSE PSNR lost and recovered"
@@ -39,22 +34,13 @@ TITLE = "Clipped 8-bit inputs: MMSE PSNR lost and recovered"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--count", type=int, default=1000)
+    parser = arguments(__doc__, model="cifar10", count=1000, count_help="test images (the first ones)", data_dir=True)
     parser.add_argument("--sigmas", default="0.1,0.2,0.3")
     parser.add_argument("--rounds", default="1,3", help="local-mean imputation rounds to compare")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    args = parser.parse_args()
-    set_threads(args.threads)
-    device = torch.device("cpu")
-    denoiser, _ = load_model(args.model, device, autocast_dtype(args.precision, device))  # channels-last
+    args = parse(parser)
+    denoiser = load_model(args.model, device="cpu", precision=args.precision)  # channels-last
     clean = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 255
     rounds = [int(r) for r in args.rounds.split(",")]
 

@@ -3,21 +3,22 @@
 What. For each ``--sigmas`` level, the first ``--count`` CIFAR-10 test images are noised once and every method
 denoises the same noisy files:
 
-* sda's methods, called in-process through the core API, ``sda_cli.restore.denoise`` (the pipeline ``sda denoise``
-  runs), on the noisy pixels with ``bit_depth=8``, the model loaded once by ``sda_cli.checkpoint.load_model``
-  (network in float32), images batched (``--batch-size`` images per ``denoise`` call, divided by K for the
-  K-sample method; ``denoise`` itself splits every network evaluation into calls of at most
-  ``restore.PIXELS_PER_CALL`` pixels, 64 CIFAR images, a quarter of that for the backward passes of ``sda``):
-  ``mmse`` (the posterior mean, one evaluation), ``posterior`` (one matched-start ancestral sample,
-  ``guidance.MatchedPosterior``, with ``--posterior-steps``, default 128 as ``sda denoise --method posterior``),
-  ``mean`` (mean of K = ``--samples`` such samples, the same steps), ``langevin`` (``guidance.AnnealedLangevin``
-  defaults: 10 levels of 20 steps), ``guided`` (``guidance.GuidedReverse``, ``t_start = 0.5``, default strength
-  0.1 and 64 steps) and ``sda`` (``guidance.SDA`` defaults but for ``--sda-steps`` steps, default 256, and the
-  corrector's ``--sda-tau``, default 0.2 as ``sda denoise``); the draws of ``posterior`` and ``mean`` are inflated
-  about the posterior mean by ``--inflation`` (default ``auto``: the model's calibrated factor at each sigma, 1 for a
-  model without one, as ``sda denoise``; the table names a factor other than 1); each from the observation with its
-  clipped pixels imputed (``clipped="auto"``: ``sda_cli.clipping``, from the local mean) as ``sda denoise`` does on
-  8-bit files (``--no-impute``: ``clipped="off"``, taken as they are);
+* sda's methods (``--methods``, any of ``sda_cli.guidance.METHODS``; by default the six below), called in-process
+  through the core API, ``sda_cli.restore.denoise`` (the pipeline ``sda denoise`` runs), on the noisy pixels with
+  ``bit_depth=8``, the model loaded once by ``sda_cli.load_model`` (network in float32), images batched
+  (``--batch-size`` images per ``denoise`` call, divided by K for a method that draws K samples; ``denoise`` itself
+  splits every network evaluation into calls of at most ``sda_cli.tiles.PIXELS_PER_CALL`` pixels, 64 CIFAR images, a
+  quarter of that for the methods with backward passes), each at the defaults of its class in ``METHODS`` (steps and
+  options, which the table names) but for: ``posterior`` and ``mean``, the exact posterior's draws (a ``calibrated``
+  class), with ``--posterior-steps`` (default: theirs, 128), ``mean`` averaging K = ``--samples`` of them (default:
+  its own, 8), their draws inflated about the posterior mean by ``--inflation`` (default ``auto``: the model's
+  calibrated factor at each sigma, 1 for a model without one, as ``sda denoise``; the table names a factor other
+  than 1); ``sda`` with ``--sda-steps`` steps and the corrector's ``--sda-tau`` (defaults: its own, 256 and 0.2). The
+  default six are ``mmse`` (the posterior mean, one evaluation), ``posterior`` (one matched-start ancestral sample),
+  ``mean``, ``langevin`` (annealed Langevin, 10 levels of 20 steps), ``guided`` (the reverse process from
+  ``t_start``) and ``sda``. Each denoises the observation with its clipped pixels imputed (``clipped="auto"``:
+  ``sda_cli.clipping``, from the local mean) as ``sda denoise`` does on 8-bit files (``--no-impute``:
+  ``clipped="off"``, taken as they are);
 * classical denoisers, given the true sigma: CBM3D (``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)``), non-local means
   (``skimage.restoration.denoise_nl_means``, ``h = 0.8 sigma``, ``fast_mode``, patch 5, distance 6), total
   variation (``denoise_tv_chambolle``, its weight chosen per sigma from ``sigma`` × ``TV_FACTORS`` by the best
@@ -25,7 +26,7 @@ denoises the same noisy files:
   wavelets (``denoise_wavelet``, BayesShrink, soft thresholds, ``rescale_sigma``, ``convert2ycbcr``);
 * the noisy input itself.
 
-The expensive methods (posterior, mean, langevin, guided, sda) run on the first ``--slow-count`` images only
+The expensive methods (those with steps: all of sda's but mmse) run on the first ``--slow-count`` images only
 (default 100); the table says how many images each row used.
 
 How. The clean images are written as 8-bit PNGs and the noisy ones are made by the real command line,
@@ -33,10 +34,10 @@ How. The clean images are written as 8-bit PNGs and the noisy ones are made by t
 the files ``benchmarks/denoise_quality.py`` uses (the noise of image i does not depend on ``--count``, so the first
 ``--slow-count`` files are the same in every run). Every estimate is clipped to [0, 1] and rounded to 8 bits, as
 ``sda denoise`` writes it. PSNR is per image (peak 1) then averaged; SSIM is scikit-image's
-``structural_similarity(data_range=1, channel_axis=2)``, averaged. Seconds per image is compute time only (no
-process start, model load or file reading; TV's tuning excluded), with ``--threads`` CPU threads; random draws
-come from the stream of ``sda denoise --seed`` (independent of the noise files' stream), restarted for each method
-and sigma.
+``structural_similarity(data_range=1, channel_axis=2)``, averaged (both ``_common``'s). Seconds per image is compute
+time only (no process start, model load or file reading; TV's tuning excluded), with ``--threads`` CPU threads;
+random draws come from the stream of ``sda denoise --seed`` (independent of the noise files' stream), restarted for
+each method and sigma.
 
 The checks (per sigma, on the images both rows used): the MSE of ``posterior`` over that of ``mmse`` within 5% of
 2, and that of ``mean`` (K = ``--samples``, default 8) within 5% of 1 + 1/K, which is what exact, independent
@@ -54,8 +55,6 @@ CBM3D 1.9 s per image, so about 7 hours for the defaults; ``--slow-count`` sets 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -63,107 +62,99 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
-from PIL import Image
+from _common import (
+    arguments,
+    checkpoint_line,
+    header,
+    option_default,
+    parse,
+    positive,
+    psnr,
+    read_folder,
+    report,
+    run_cli,
+    ssim,
+    table,
+    work_folder,
+    write_cifar_pngs,
+)
 
-from sda_cli.checkpoint import load_model
-from sda_cli.data import cifar10
+from sda_cli import load_model
 from sda_cli.denoiser import Denoiser
-from sda_cli.guidance import SDA, AnnealedLangevin, GuidedReverse
+from sda_cli.guidance import METHODS
 from sda_cli.inflation import inflation_factor
-from sda_cli.restore import default_steps, denoise
+from sda_cli.restore import denoise, parse_inflation
 from sda_cli.seeds import seeded_generator
 
 TITLE = "Denoising methods: sda's posterior methods against classical denoisers"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
 MODEL_METHODS = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
+"""sda's methods of the default ``--methods`` (any of ``sda_cli.guidance.METHODS`` may be named)."""
 CLASSICAL_METHODS = ("cbm3d", "nlm", "tv", "wavelet")
-METHODS = ("noisy", *MODEL_METHODS, *CLASSICAL_METHODS)
-SLOW = frozenset({"posterior", "mean", "langevin", "guided", "sda"})
-"""The methods run on the first ``--slow-count`` images only."""
+CLASSICAL_NAMES = {
+    "cbm3d": "CBM3D",
+    "nlm": "non-local means (h = 0.8σ, fast)",
+    "tv": "TV Chambolle (weight tuned)",
+    "wavelet": "wavelet (BayesShrink, YCbCr)",
+}
 
-GUIDED_T_START = 0.5
 TV_FACTORS = (0.35, 0.5, 0.6, 0.7, 0.85, 1.0, 1.4, 2.0)
 """TV weights tried, in units of sigma (the best lies inside this range at sigma 0.1-0.3 on CIFAR-10)."""
 TV_TUNE_COUNT = 50
 
 
-def inflation_option(text: str) -> float | str:
-    """``--inflation``: auto or a number in (0, 10), as ``sda denoise --inflation`` takes it."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    value = float(text)
-    if not 0 < value < 10:
-        raise ValueError(f"--inflation takes auto or a number in (0, 10), not {text!r}")
-    return value
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--count", type=int, default=1000, help="test images (the first ones) for the fast methods")
-    parser.add_argument("--slow-count", type=int, default=100, help=f"images for {', '.join(sorted(SLOW))}")
+    parser = arguments(
+        __doc__, model="cifar10", count=1000, count_help="test images (the first ones) for the fast methods",
+        data_dir=True, work=True, seed="seed of the noise files and of every method's draws",
+    )  # fmt: skip
+    parser.add_argument("--slow-count", type=int, default=100, help="images for the methods with steps (not mmse)")
     parser.add_argument("--sigmas", default="0.1,0.2,0.3", help="pixel-unit noise levels")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma list, a subset of the default")
+    default = ("noisy", *MODEL_METHODS, *CLASSICAL_METHODS)
     parser.add_argument(
-        "--posterior-steps",
-        type=int,
-        default=default_steps("posterior"),
-        help="ancestral steps of posterior and mean",
+        "--methods", default=",".join(default), help="comma list of noisy, sda's methods and the classical ones"
     )
-    parser.add_argument("--samples", type=int, default=8, help="K, the posterior samples averaged by mean")
-    parser.add_argument("--sda-steps", type=int, default=SDA.STEPS, help="predictor-corrector steps of sda")
-    parser.add_argument("--sda-tau", type=float, default=SDA.TAU, help="corrector step size tau of sda")
+    posterior = METHODS["posterior"].STEPS
+    parser.add_argument("--posterior-steps", type=positive, default=posterior, help="steps of posterior and mean")
+    samples = METHODS["mean"].SAMPLES
+    parser.add_argument("--samples", type=positive, default=samples, help="K, the posterior samples averaged by mean")
+    parser.add_argument("--sda-steps", type=positive, default=METHODS["sda"].STEPS, help="steps of sda")
+    parser.add_argument("--sda-tau", type=float, default=option_default("sda", "tau"), help="corrector step of sda")
     parser.add_argument(
         "--inflation",
-        type=inflation_option,
+        type=parse_inflation,
         default="auto",
         help="posterior, mean: inflation of the draws, auto (the model's calibrated factor) or a number (1: raw draws)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per denoise call (divided by K for mean)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     parser.add_argument(
         "--impute",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="impute the clipped pixels first, as sda denoise --clipped auto does on 8-bit files",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise files and of every method's draws")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    args = parser.parse_args()
+    args = parse(parser)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(args.methods) - set(METHODS))
+    known = ("noisy", *METHODS, *CLASSICAL_METHODS)
+    unknown = sorted(set(args.methods) - set(known))
     if unknown:
-        parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(known)}")
+    order = [*default[: 1 + len(MODEL_METHODS)], *METHODS, *CLASSICAL_METHODS]  # the table's rows in this order
+    args.methods = [method for method in dict.fromkeys(order) if method in args.methods]
     args.slow_count = min(args.slow_count, args.count)
     return args
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files and metrics
-
-
-def write_clean(data_dir: Path, count: int, folder: Path) -> np.ndarray:
-    """Write the first ``count`` test images as 8-bit PNGs; return them as float ``(N, 32, 32, 3)`` in [0, 1]."""
-    folder.mkdir(parents=True, exist_ok=True)
-    images = cifar10(data_dir, train=False, download=False).images[:count].permute(0, 2, 3, 1).numpy()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
-    return images.astype(np.float64) / 255
+# Files
 
 
 def make_noisy(clean_dir: Path, noisy_dir: Path, sigma: float, seed: int) -> np.ndarray:
     """``sda noise`` (8-bit PNG: clipped and quantised) of every clean file; the noisy files as floats in [0, 1]."""
-    command = [sys.executable, "-m", "sda_cli", "noise", str(clean_dir), "--sigma", str(sigma)]
-    command += ["--seed", str(seed), "-o", str(noisy_dir), "-q"]
-    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    files = sorted(noisy_dir.glob("*.png"))
-    return np.stack([np.asarray(Image.open(p), dtype=np.float64) / 255 for p in files])
+    run_cli("noise", str(clean_dir), "--sigma", str(sigma), "--seed", str(seed), "-o", str(noisy_dir), "-q",
+            threads=1, check=True)  # fmt: skip
+    return read_folder(noisy_dir)
 
 
 def to_8bit(pixels: np.ndarray) -> np.ndarray:
@@ -171,23 +162,13 @@ def to_8bit(pixels: np.ndarray) -> np.ndarray:
     return np.round(np.clip(pixels, 0, 1) * 255) / 255
 
 
-def psnr(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB (peak 1) of ``(N, H, W, C)`` pixels."""
-    mse = np.square(estimate - truth).reshape(len(truth), -1).mean(1)
-    return 10 * np.log10(1 / np.maximum(mse, 1e-12))
-
-
-def ssim(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-image SSIM (scikit-image, ``data_range=1``, colour channels last)."""
-    from skimage.metrics import structural_similarity
-
-    return np.array(
-        [structural_similarity(e, t, data_range=1.0, channel_axis=2) for e, t in zip(estimate, truth, strict=True)]
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Methods
+
+
+def slow(method: str) -> bool:
+    """Whether ``method`` runs on the first ``--slow-count`` images only: sda's methods with steps (not mmse)."""
+    return method in METHODS and METHODS[method].STEPS is not None
 
 
 def inflation_at(denoiser: Denoiser, sigma: float, args: argparse.Namespace) -> float:
@@ -195,35 +176,34 @@ def inflation_at(denoiser: Denoiser, sigma: float, args: argparse.Namespace) -> 
     return inflation_factor(denoiser.inflation, sigma) if args.inflation == "auto" else float(args.inflation)
 
 
-def describe(method: str, args: argparse.Namespace, inflation: float = 1.0) -> str:
-    """The table's name of a method, with its settings (``inflation``: the factor of posterior and mean draws)."""
-    inflated = "" if inflation == 1.0 else f", inflated ×{inflation:.3g}"
-    return {
-        "noisy": "noisy input",
-        "mmse": "sda `mmse` (1 evaluation)",
-        "posterior": f"sda `posterior` (1 ancestral sample, {args.posterior_steps} steps{inflated})",
-        "mean": f"sda `mean` (K = {args.samples} ancestral samples, {args.posterior_steps} steps{inflated})",
-        "langevin": f"sda `langevin` ({AnnealedLangevin.LEVELS} levels × {AnnealedLangevin.STEPS} steps)",
-        "guided": f"sda `guided` (t_start {GUIDED_T_START}, strength {GuidedReverse.STRENGTH}, "
-        f"{GuidedReverse.STEPS} steps)",
-        "sda": f"sda `sda` (likelihood score, PC from noise, {args.sda_steps} steps, τ {args.sda_tau:g})",
-        "cbm3d": "CBM3D",
-        "nlm": "non-local means (h = 0.8σ, fast)",
-        "tv": "TV Chambolle (weight tuned)",
-        "wavelet": "wavelet (BayesShrink, YCbCr)",
-    }[method]
-
-
 def model_options(method: str, args: argparse.Namespace) -> dict[str, float | str]:
-    """The options of ``restore.denoise`` for ``method`` beside the method's own defaults (module docstring)."""
-    return {
-        "mmse": {},
-        "posterior": {"steps": args.posterior_steps, "inflation": args.inflation},
-        "mean": {"samples": args.samples, "steps": args.posterior_steps, "inflation": args.inflation},
-        "langevin": {},
-        "guided": {"t_start": GUIDED_T_START},
-        "sda": {"steps": args.sda_steps, "tau": args.sda_tau},
-    }[method]
+    """The options of ``restore.denoise`` for ``method`` beside its class's defaults (module docstring)."""
+    kind, given = METHODS[method], {}
+    if kind.calibrated:  # draws of the exact posterior: posterior, mean
+        given |= {"steps": args.posterior_steps, "inflation": args.inflation}
+    if kind.SAMPLES > 1:  # mean
+        given["samples"] = args.samples
+    if method == "sda":
+        given |= {"steps": args.sda_steps, "tau": args.sda_tau}
+    return given
+
+
+def describe(method: str, args: argparse.Namespace, inflation: float = 1.0) -> str:
+    """The table's name of a method with its settings, read from its class and :func:`model_options`
+    (``inflation``: the factor of the draws of a calibrated method)."""
+    if method == "noisy":
+        return "noisy input"
+    if method in CLASSICAL_NAMES:
+        return CLASSICAL_NAMES[method]
+    kind, given = METHODS[method], model_options(method, args)
+    if kind.STEPS is None:
+        return f"sda `{method}` (1 evaluation)"
+    parts = [f"K = {given['samples']}"] if given.get("samples", 1) > 1 else []
+    parts.append(f"{given.get('steps', kind.STEPS)} steps")
+    parts += [f"{option.name} {given.get(option.name, option.default):g}" for option in kind.options]
+    if kind.calibrated and inflation != 1.0:
+        parts.append(f"inflated ×{inflation:.3g}")
+    return f"sda `{method}` ({', '.join(parts)})"
 
 
 def run_model(
@@ -232,9 +212,9 @@ def run_model(
     """Estimates of every noisy image (HWC pixels) and the compute seconds per image; clipped pixels imputed first, as
     ``sda denoise`` does on 8-bit files (unless ``--no-impute``)."""
     generator, _ = seeded_generator(args.seed, "denoise")  # as sda denoise --seed
-    batch = max(1, args.batch_size // args.samples) if method == "mean" else args.batch_size
-    clipped = "auto" if args.impute else "off"
     options = model_options(method, args)
+    batch = max(1, args.batch_size // args.samples) if options.get("samples", 1) > 1 else args.batch_size
+    clipped = "auto" if args.impute else "off"
     outputs, seconds = [], 0.0
     for start in range(0, len(noisy), batch):
         pixels = torch.from_numpy(noisy[start : start + batch]).permute(0, 3, 1, 2).float()
@@ -335,24 +315,23 @@ def checks(sigma: float, results: dict[str, dict], samples: int) -> list[list[st
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     model = args.model.resolve()
     checkpoint = checkpoint_line(model)
-    denoiser, _ = load_model(model)
+    denoiser = load_model(model, device="cpu", precision="fp32")
     sigmas = [float(s) for s in args.sigmas.split(",")]
     tables: list[tuple[float, list[list[str]], str]] = []
     check_rows: list[list[str]] = []
-    with work_folder(args.workdir, "sda-methods-") as workdir:
-        clean = write_clean(args.data_dir, args.count, workdir / "clean")
+    with work_folder(args.work, "sda-methods-") as workdir:
+        clean = write_cifar_pngs(args.data_dir, args.count, workdir / "clean")
         for sigma in sigmas:
             noisy = make_noisy(workdir / "clean", workdir / f"noisy_{sigma:g}", sigma, args.seed)
             results: dict[str, dict] = {}
             tv_note = ""
-            for method in [m for m in METHODS if m in args.methods]:
-                n = args.slow_count if method in SLOW else args.count
+            for method in args.methods:
+                n = args.slow_count if slow(method) else args.count
                 if method == "noisy":
                     estimate, seconds = noisy[:n], None
-                elif method in MODEL_METHODS:
+                elif method in METHODS:
                     estimate, seconds = run_model(method, denoiser, noisy[:n], sigma, args)
                 else:
                     tv_weight = 0.0
@@ -387,9 +366,10 @@ def main() -> None:
             tables.append((sigma, rows, tv_note))
             check_rows += checks(sigma, results, args.samples)
 
+    slow_ones = [method for method in args.methods if slow(method)]
     parts = [
         header(TITLE, checkpoint),
-        f"First {args.count} CIFAR-10 test images ({args.slow_count} for {', '.join(sorted(SLOW))}); noisy inputs "
+        f"First {args.count} CIFAR-10 test images ({args.slow_count} for {', '.join(sorted(slow_ones))}); noisy inputs "
         f"are 8-bit PNGs (clipped, quantised) from `sda noise --seed {args.seed}`; every estimate is clipped and "
         f"rounded to 8 bits. PSNR in dB (per image, averaged); s/image is compute time with {args.threads} "
         f"thread(s), model load and file reading excluded; draws as `sda denoise --seed {args.seed}` (a stream "

@@ -18,18 +18,26 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table, work_folder
-from PIL import Image
-
-from sda_cli.data import cifar10
+from _common import (
+    arguments,
+    checkpoint_line,
+    fmt,
+    header,
+    parse,
+    psnr,
+    read_folder,
+    report,
+    run_cli,
+    ssim,
+    table,
+    work_folder,
+    write_cifar_pngs,
+)
 
 TITLE = "Denoising quality: sda mmse against CBM3D"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
@@ -45,26 +53,14 @@ def section_title(model: Path) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--count", type=int, default=1000, help="test images (the first ones)")
+    parser = arguments(__doc__, model="cifar10", count=1000, count_help="test images (the first ones)", data_dir=True,
+                       work=True)  # fmt: skip
     parser.add_argument("--sigmas", default="0.1,0.2,0.3", help="pixel-unit noise levels")
     parser.add_argument("--bm3d", action=argparse.BooleanOptionalAction, default=True, help="also run CBM3D")
     parser.add_argument(
         "--bm3d-count", type=int, default=None, help="CBM3D on the first N noisy files only (default: all)"
     )
-    parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (sda and CBM3D)")
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    return parser.parse_args()
-
-
-def read_folder(folder: Path) -> np.ndarray:
-    """Every PNG of ``folder`` in name order, as float ``(N, H, W, 3)`` pixels in [0, 1]."""
-    return np.stack([np.asarray(Image.open(p), dtype=np.float64) / 255 for p in sorted(folder.glob("*.png"))])
+    return parse(parser)
 
 
 def mean_psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -73,19 +69,9 @@ def mean_psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 def mean_ssim(estimate: np.ndarray, truth: np.ndarray) -> float | None:
     try:
-        from skimage.metrics import structural_similarity
-    except ImportError:
+        return float(np.mean(ssim(estimate, truth)))
+    except ImportError:  # scikit-image is not installed
         return None
-    scores = [structural_similarity(e, t, channel_axis=2, data_range=1.0) for e, t in zip(estimate, truth, strict=True)]
-    return float(np.mean(scores))
-
-
-def sda(*args: str, threads: int) -> float:
-    """Run ``python -m sda_cli ARGS``; return its wall time in seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sda_cli", *args], check=True, env=env, cwd=ROOT)
-    return time.perf_counter() - started
 
 
 def cbm3d(noisy: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
@@ -97,24 +83,17 @@ def cbm3d(noisy: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
     return out, (time.perf_counter() - started) / len(noisy)
 
 
-def fmt(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def measure(args: argparse.Namespace, model: Path, workdir: Path, with_bm3d: bool) -> list[list[str]]:
     """One table row per sigma (see the module docstring), printed as it comes."""
     clean_dir = workdir / "clean"
-    clean_dir.mkdir()
-    images = cifar10(args.data_dir, train=False, download=False).images[: args.count]
-    for i, image in enumerate(images):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(clean_dir / f"{i:05d}.png")
-    clean = read_folder(clean_dir)
+    clean = write_cifar_pngs(args.data_dir, args.count, clean_dir)
     rows = []
     for sigma in [float(s) for s in args.sigmas.split(",")]:
         noisy_dir, out_dir = workdir / f"noisy_{sigma:g}", workdir / f"sda_{sigma:g}"
-        sda("noise", str(clean_dir), "--sigma", str(sigma), "--seed", "0", "-o", str(noisy_dir), "-q", threads=1)
+        noise = ["noise", str(clean_dir), "--sigma", str(sigma), "--seed", "0", "-o", str(noisy_dir), "-q"]
+        run_cli(*noise, threads=1, check=True)
         command = ["denoise", str(noisy_dir), "--sigma", str(sigma), "-o", str(out_dir), "--model", str(model), "-q"]
-        seconds = sda(*command, threads=args.threads)
+        seconds = run_cli(*command, threads=args.threads, check=True).seconds
         noisy, denoised = read_folder(noisy_dir), read_folder(out_dir)
         sda_psnr = mean_psnr(denoised, clean)
         row = [f"{sigma:g}", fmt(mean_psnr(noisy, clean)), fmt(sda_psnr), fmt(mean_ssim(denoised, clean), 4)]
@@ -135,7 +114,6 @@ def measure(args: argparse.Namespace, model: Path, workdir: Path, with_bm3d: boo
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     model = args.model.resolve()
     checkpoint = checkpoint_line(model)
     bm3d_reason = None if args.bm3d else "--no-bm3d"
@@ -151,7 +129,7 @@ def main() -> None:
     except ImportError as error:
         print(f"SSIM columns skipped: scikit-image is not installed ({error}); pip install scikit-image")
 
-    with work_folder(args.workdir, "sda-quality-") as workdir:
+    with work_folder(args.work, "sda-quality-") as workdir:
         rows = measure(args, model, workdir, bm3d_reason is None)
 
     k = min(args.bm3d_count or args.count, args.count)

@@ -3,28 +3,30 @@
 What. One row per measurement, with the wall seconds, the seconds per image (or per sample), the peak resident
 memory and, where the project sets one, the target and PASS/FAIL:
 
-* ``sda denoise --method M`` for M in mmse, posterior, mean, langevin, guided, sda on a folder of CIFAR-size
-  (32 × 32) noisy images, batched by the command: ``--count`` images (default 64) for mmse, ``--slow-count``
-  (default 8) for the sampling methods, at each method's default steps (``--steps`` overrides them all; ``mean``
-  gets ``--samples K``, default 8);
+* ``sda denoise --method M`` for M in ``--methods`` (default mmse, posterior, mean, langevin, guided, sda; any
+  method of ``sda_cli.guidance.METHODS``) on a folder of CIFAR-size (32 × 32) noisy images, batched by the command:
+  ``--count`` images (default 64) for a method without steps (mmse), ``--slow-count`` (default 8) for the others,
+  at each method's default steps (``--steps`` overrides them all; a method that draws several samples by default,
+  ``mean``, gets ``--samples K``, default 8);
 * ``sda denoise`` (mmse) of one CIFAR image, which is mostly process start and model load: the fixed cost in every
   row's seconds;
 * ``--many`` (default 1,000) CIFAR-size images with mmse, target under 15 s;
 * one ``--sizes`` × ``--sizes`` RGB image with mmse (default 512, 2048, 4096): target under 3 s at 512 and
   peak memory under 4 GB (4,096 MB) at 2048 and 4096. The images are CIFAR test images upscaled 4× (bicubic)
   and tiled, with the noise added, made with PIL; larger images are tiled by ``sda denoise`` itself (``--tile``);
-* ``sda sample -n 16`` for each sampler ancestral, ddim, heun, pc at its default steps (``--sample-steps``
-  overrides): seconds per sample and the network evaluations (NFE) per sample that the command prints.
+* ``sda sample -n 16`` for each sampler (``sda_cli.sampler.SAMPLERS``: ancestral, ddim, heun, pc) at its default
+  steps (``--sample-steps`` overrides): seconds per sample and the network evaluations (NFE) per sample that the
+  command prints.
 
 How. Every noisy input is an 8-bit PNG, y = clip(round((x + sigma n) 255) / 255) with n from
 ``numpy.random.default_rng(--seed)`` and ``--sigma`` (default 0.2). Each measurement runs
 ``python -m sda_cli denoise IN -o OUT --sigma S --method M [...] --device cpu --seed 0 --quiet`` (or ``sample``)
 inside a fresh wrapper process that times it (wall clock, process start and model load included) and reports
-``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``: the peak resident memory of that one command. The wrapper caps
-the command's address space at ``--max-memory-gb`` (default 16; 0: no cap) so that a runaway allocation fails
-cleanly instead of waking the kernel's out-of-memory killer. Commands run with ``OMP_NUM_THREADS=--threads``. A
-command that fails (an option this version of the CLI does not have yet, too little memory) gives the row
-``n/a (CLI error: <its error line>)`` and the script goes on.
+``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``: the peak resident memory of that one command (``_common.run``).
+The wrapper caps the command's address space at ``--max-memory-gb`` (default 16; 0: no cap) so that a runaway
+allocation fails cleanly instead of waking the kernel's out-of-memory killer. Commands run with
+``OMP_NUM_THREADS=--threads``. A command that fails (an option this version of the CLI does not have yet, too little
+memory) gives the row ``n/a (CLI error: <its error line>)`` and the script goes on.
 
 Run from the repository root (about an hour at 1 thread beside a training run, mostly the sampling methods and
 the 4096 × 4096 image; ``--sections`` and ``--sizes`` run a part):
@@ -35,26 +37,24 @@ the 4096 × 4096 image; ``--sections`` and ``--sizes`` run a part):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
+from _common import Run, arguments, checkpoint_line, header, parse, report, run_cli, table, work_folder
 from PIL import Image
 
 from sda_cli.data import cifar10
+from sda_cli.guidance import METHODS
+from sda_cli.sampler import SAMPLERS
 
 TITLE = "Speed and peak memory of sda denoise and sda sample on CPU"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
-METHODS = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
-SAMPLERS = ("ancestral", "ddim", "heun", "pc")
+TIMED = ("mmse", "posterior", "mean", "langevin", "guided", "sda")
+"""The ``sda denoise`` methods timed by default (``--methods``: any of ``sda_cli.guidance.METHODS``)."""
 SECTIONS = ("methods", "many", "large", "sample")
 MANY_TARGET = (1000, 15.0)
 """Target: 1,000 CIFAR-size images with mmse in under 15 s."""
@@ -63,29 +63,15 @@ LARGE_SECONDS = {512: 3.0}
 LARGE_MEMORY = {2048: 4096.0, 4096: 4096.0}
 """Target peak resident memory (MB) of one large image with mmse, by side."""
 
-WRAPPER = r"""
-import json, resource, subprocess, sys, time
-report, limit, *command = sys.argv[1:]
-if int(limit) > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
-started = time.perf_counter()
-code = subprocess.run(command).returncode
-seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-with open(report, "w") as f:
-    json.dump({"seconds": seconds, "maxrss": peak, "returncode": code}, f)
-"""
-"""Runs one command in a fresh process, so that RUSAGE_CHILDREN holds that command alone."""
-
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser = arguments(
+        __doc__, model="cifar10", count=64, count_help="CIFAR-size images for mmse", data_dir=True, work=True,
+        seed="seed of the noise and of every command",
+    )  # fmt: skip
     parser.add_argument("--sigma", type=float, default=0.2, help="pixel-unit noise level of every input")
-    parser.add_argument("--count", type=int, default=64, help="CIFAR-size images for mmse")
     parser.add_argument("--slow-count", type=int, default=8, help="CIFAR-size images for the sampling methods")
-    parser.add_argument("--methods", default=",".join(METHODS), help="denoise methods to time (comma list)")
+    parser.add_argument("--methods", default=",".join(TIMED), help="denoise methods to time (comma list)")
     parser.add_argument("--steps", type=int, default=None, help="--steps of the sampling methods (default: CLI's)")
     parser.add_argument("--samples", type=int, default=8, help="--samples K of the mean method")
     parser.add_argument("--many", type=int, default=1000, help="CIFAR-size images of the throughput row")
@@ -94,15 +80,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="samplers of sda sample (comma list)")
     parser.add_argument("--sample-steps", type=int, default=None, help="--steps of sda sample (default: CLI's)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="which groups of rows to run (comma list)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each command")
     parser.add_argument("--max-memory-gb", type=float, default=16.0, help="address-space cap per command (0: none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of every command")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: a temp dir)")
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    args = parser.parse_args()
-    for name, known in (("methods", METHODS), ("samplers", SAMPLERS), ("sections", SECTIONS)):
+    args = parse(parser)
+    for name, known in (("methods", tuple(METHODS)), ("samplers", tuple(SAMPLERS)), ("sections", SECTIONS)):
         chosen = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
         if set(chosen) - set(known):
             parser.error(f"--{name} takes a comma list of {', '.join(known)}")
@@ -151,62 +131,35 @@ def large_image(images: np.ndarray, side: int, sigma: float, seed: int, path: Pa
 # Measurements
 
 
-@dataclass
-class Result:
-    """One command's wall seconds, peak resident memory (MB) and standard error output; ``error`` if it failed."""
-
-    seconds: float = 0.0
-    memory: float = 0.0
-    stderr: str = ""
-    error: str | None = None
+def run(command: list[str], args: argparse.Namespace) -> Run:
+    """``python -m sda_cli COMMAND`` in a fresh process, its address space capped (module docstring)."""
+    return run_cli(*command, threads=args.threads, max_memory_gb=args.max_memory_gb)
 
 
-def error_line(stderr: str) -> str:
-    """The command's ``error:`` line, else a traceback's last line, else the first non-empty line of its stderr."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    if errors:
-        return errors[0]
-    if any(line.startswith("Traceback") for line in lines):
-        return lines[-1]
-    return lines[0] if lines else "no message"
+def timed(method: str) -> tuple[bool, bool]:
+    """Whether ``method`` takes steps (the sampling methods; not mmse) and draws several samples by default (mean)."""
+    kind = METHODS[method]
+    return kind.STEPS is not None, kind.SAMPLES > 1
 
 
-def run(command: list[str], args: argparse.Namespace, workdir: Path) -> Result:
-    """``python -m sda_cli COMMAND`` in a fresh wrapper process (module docstring)."""
-    report = workdir / "report.json"
-    report.unlink(missing_ok=True)
-    limit = int(args.max_memory_gb * 2**30)
-    wrapper = [sys.executable, "-c", WRAPPER, str(report), str(limit), sys.executable, "-m", "sda_cli", *command]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(wrapper, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0 or not report.exists():
-        return Result(stderr=done.stderr, error=f"wrapper failed: {error_line(done.stderr)}")
-    measured = json.loads(report.read_text())
-    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, kilobytes on Linux
-    result = Result(measured["seconds"], measured["maxrss"] / scale, done.stderr)
-    if measured["returncode"] != 0:
-        result.error = f"n/a (CLI error: {error_line(done.stderr)})"
-    return result
-
-
-def denoise(inputs: Path, method: str, args: argparse.Namespace, workdir: Path, *extra: str) -> Result:
+def denoise(inputs: Path, method: str, args: argparse.Namespace, workdir: Path, *extra: str) -> Run:
     out = workdir / "out"
     command = ["denoise", str(inputs), "-o", str(out), "--sigma", str(args.sigma), "--method", method]
     command += ["--model", str(args.model), "--device", "cpu", "--seed", str(args.seed), "--quiet", *extra]
-    if method != "mmse" and args.steps is not None:
+    steps, samples = timed(method)
+    if steps and args.steps is not None:
         command += ["--steps", str(args.steps)]
-    if method == "mean":
+    if samples:
         command += ["--samples", str(args.samples)]
-    result = run(command, args, workdir)
+    result = run(command, args)
     shutil.rmtree(out, ignore_errors=True)
     return result
 
 
-def row(what: str, result: Result, count: int, target: str = "—", passed: bool | None = None) -> list[str]:
+def row(what: str, result: Run, count: int, target: str = "—", passed: bool | None = None) -> list[str]:
     """A table row: what, seconds, per image, peak RSS (MB), target, result."""
     if result.error is not None:
-        return [what, result.error, "—", "—", target, "n/a" if target != "—" else "—"]
+        return [what, f"n/a (CLI error: {result.error})", "—", "—", target, "n/a" if target != "—" else "—"]
     verdict = "—" if passed is None else ("PASS" if passed else "FAIL")
     per = result.seconds / count
     return [what, f"{result.seconds:.2f}", f"{per:.4f}", f"{result.memory:.0f}", target, verdict]
@@ -217,7 +170,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[list[str]]:
     images = cifar10(args.data_dir, train=False, download=False).images.permute(0, 2, 3, 1).numpy()
     counts = {1}
     if "methods" in args.sections:
-        counts |= {args.count if m == "mmse" else args.slow_count for m in args.methods}
+        counts |= {args.slow_count if timed(m)[0] else args.count for m in args.methods}
     if "many" in args.sections:
         counts.add(args.many)
     folders = cifar_folders(images, counts, args.sigma, args.seed, workdir)
@@ -231,10 +184,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[list[str]]:
     add(row("denoise 1 CIFAR image, mmse (process start and model load)", denoise(single, "mmse", args, workdir), 1))
     if "methods" in args.sections:
         for method in args.methods:
-            count = args.count if method == "mmse" else args.slow_count
+            steps, samples = timed(method)
+            count = args.slow_count if steps else args.count
             what = f"denoise {count} CIFAR images, --method {method}"
-            what += f" --samples {args.samples}" if method == "mean" else ""
-            what += f" --steps {args.steps}" if method != "mmse" and args.steps is not None else ""
+            what += f" --samples {args.samples}" if samples else ""
+            what += f" --steps {args.steps}" if steps and args.steps is not None else ""
             add(row(what, denoise(folders[count], method, args, workdir), count))
     if "many" in args.sections:
         result = denoise(folders[args.many], "mmse", args, workdir)
@@ -260,7 +214,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[list[str]]:
             command = ["sample", "-n", str(args.sample_count), "--sampler", name, "-o", str(out)]
             command += ["--model", str(args.model), "--device", "cpu", "--seed", str(args.seed), "--quiet"]
             command += [] if args.sample_steps is None else ["--steps", str(args.sample_steps)]
-            result = run(command, args, workdir)
+            result = run(command, args)
             printed = re.search(r"(\d+) steps: (\d+) network evaluations per sample", result.stderr)
             cost = f"{printed[1]} steps, {printed[2]} NFE/sample" if printed else "NFE not printed"
             add(row(f"sample -n {args.sample_count} --sampler {name} ({cost}); per sample", result, args.sample_count))
@@ -269,10 +223,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[list[str]]:
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     args.model = args.model.resolve()
     checkpoint = checkpoint_line(args.model)
-    with work_folder(args.workdir, "sda-speed-") as workdir:
+    with work_folder(args.work, "sda-speed-") as workdir:
         rows = measure(args, workdir)
     cap = f"address space capped at {args.max_memory_gb:g} GB" if args.max_memory_gb > 0 else "no memory cap"
     text = "\n".join(

@@ -2,7 +2,7 @@
 
 The loss log is the ``OUT.log.csv`` that ``sda train`` appends at every checkpoint (step, mean loss since
 the previous checkpoint, wall seconds). The curve is drawn with Pillow (log-scaled loss, linear steps).
-The samples come from the real CLI (``sda sample``), so the grid shows what a user gets.
+The samples come from the real CLI (``sda sample``, ``_common.run_cli``), so the grid shows what a user gets.
 
 Run from the repository root:
 
@@ -12,25 +12,23 @@ Run from the repository root:
 
 ``--crops`` draws ``photo_crops.png``: a 160 × 160 crop of the first McMaster photo, clean, with 8-bit noise of
 sigma 25/255 (clipped, quantised, seed 0), and as each model's ``mmse`` estimate (``sda_cli.denoise``, float32) of
-that noisy crop, with each crop's PSNR under it.
+that noisy crop, with each crop's PSNR under it (``_common.psnr``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import MCMASTER, arguments, pairs, parse, psnr, run_cli
 from PIL import Image, ImageDraw
 
 from sda_cli import denoise, load_model
 
 WIDTH, HEIGHT, MARGIN = 640, 360, 60
-PHOTO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "photos" / "mcmaster18" / "1.tif"
+PHOTO = MCMASTER / "1.tif"
 CROP, SIGMA = (170, 170, 330, 330), 25 / 255
 
 
@@ -70,39 +68,25 @@ def draw_curve(points: list[tuple[int, float]], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, model="cifar10", seed="seed of the samples", record=False)
     parser.add_argument("--log", type=Path, default=Path("checkpoints/cifar10.log.csv"))
-    parser.add_argument("--model", type=Path, default=Path("checkpoints/cifar10.safetensors"))
     parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"))
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-samples", action="store_true")
     parser.add_argument("--loss-name", default="loss.png", help="file name of the loss curve in --out-dir")
     parser.add_argument("--crops", nargs="*", default=[], help="NAME=PATH of models for photo_crops.png")
-    args = parser.parse_args()
+    args = parse(parser)
     if args.crops:
-        draw_crops(dict(item.split("=", 1) for item in args.crops), args.out_dir / "photo_crops.png")
+        draw_crops(pairs(args.crops, parser, "--crops"), args.out_dir / "photo_crops.png")
         print(f"wrote {args.out_dir / 'photo_crops.png'}")
     draw_curve(read_log(args.log), args.out_dir / args.loss_name)
     print(f"wrote {args.out_dir / args.loss_name}")
     if not args.no_samples:
-        command = [
-            sys.executable,
-            "-m",
-            "sda_cli",
-            "sample",
-            "-n",
-            str(args.samples),
-            "--seed",
-            str(args.seed),
-            "--model",
-            str(args.model),
-            "-o",
-            str(args.out_dir / "samples.png"),
-            "-q",
-        ]
-        print(" ".join(command[1:]))
-        subprocess.run(command, check=True)
+        out = (args.out_dir / "samples.png").resolve()  # the command runs from the repository root
+        command = ["sample", "-n", str(args.samples), "--seed", str(args.seed), "--model", str(args.model)]
+        command += ["-o", str(out), "-q"]
+        print(" ".join(["sda_cli", *command]))
+        run_cli(*command, threads=args.threads, check=True)
 
 
 def draw_crops(models: dict[str, str], out: Path) -> None:
@@ -122,8 +106,7 @@ def draw_crops(models: dict[str, str], out: Path) -> None:
         left = 8 + k * (side + 8)
         image = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         sheet.paste(Image.fromarray(image), (left, 8))
-        mse = float((pixels - clean).square().mean())
-        quality = "" if name == "clean" else f"{10 * math.log10(1 / mse):.2f} dB"
+        quality = "" if name == "clean" else f"{float(psnr(pixels[None], clean[None])[0]):.2f} dB"
         draw.text((left, side + 12), name, fill="black")
         draw.text((left, side + 24), quality, fill="black")
     sheet.save(out)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, header, psnr, report, set_threads, table, work_folder
+from _common import arguments, header, parse, psnr, report, table, work_folder
 
 from sda_cli.data import cifar10
 from sda_cli.denoiser import PARAMETRISATIONS, Denoiser
@@ -31,23 +30,18 @@ TITLE = "Parametrisation: MMSE PSNR (dB) at equal training budget"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(
+        __doc__, count=500, count_help="test images (the first ones)", threads=1, seed="seed of the training runs",
+        data_dir=True, work=True,
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=800, help="training steps per parametrisation")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--widths", default="32,64,64", help="U-Net widths per level")
     parser.add_argument("--parametrisations", default=",".join(PARAMETRISATIONS))
     parser.add_argument("--sigmas", default="0.05,0.1,0.2,0.3,0.5", help="pixel-unit noise levels")
-    parser.add_argument("--count", type=int, default=500, help="test images (the first ones)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the models go (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    return parser.parse_args()
+    return parse(parser)
 
 
 def evaluate(denoiser: Denoiser, x: torch.Tensor, sigma: float, seed: int, batch: int = 100) -> float:
@@ -63,7 +57,6 @@ def evaluate(denoiser: Denoiser, x: torch.Tensor, sigma: float, seed: int, batch
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     train_set = cifar10(args.data_dir, train=True, download=False)
     x = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 127.5 - 1
@@ -78,7 +71,7 @@ def main() -> None:
     )
 
     rows, params = [], 0
-    with work_folder(args.workdir, "sda-param-") as workdir:
+    with work_folder(args.work, "sda-param-") as workdir:
         for name in args.parametrisations.split(","):
             started = time.perf_counter()
             model_config = {"model": model, "denoiser": {"parametrisation": name}, "schedule": {"name": "cosine"}}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
+from _common import DEFAULT_DATA, ROOT, arguments, checkpoint_line, header, parse, psnr, report, table
 from photo_fit import SETS, crops, denoised, photo_files
 from PIL import Image, JpegImagePlugin
 
@@ -40,22 +40,12 @@ YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shipped = ROOT / "checkpoints"
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=[f"cifar10={shipped / 'cifar10.safetensors'}", f"photo={shipped / 'photo.safetensors'}"],
-        help="NAME=PATH of each model",
-    )
+    models = [f"cifar10={shipped / 'cifar10.safetensors'}", f"photo={shipped / 'photo.safetensors'}"]
+    parser = arguments(__doc__, models=models, count=48, count_help="crops per set", threads=1)
     parser.add_argument("--sigmas", nargs="+", type=float, default=[5.0, 15.0, 25.0], help="levels in /255")
-    parser.add_argument("--count", type=int, default=48, help="crops per set")
     parser.add_argument("--crop", type=int, default=128, help="side of the crops in pixels")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md")
-    args = parser.parse_args()
-    args.models = dict(item.split("=", 1) for item in args.models)
-    return args
+    return parse(parser)
 
 
 def ycbcr(rgb: torch.Tensor) -> torch.Tensor:
@@ -121,7 +111,6 @@ def model_rows(models: dict[str, str], sigmas: list[float], count: int, side: in
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     models = model_rows(args.models, args.sigmas, args.count, args.crop)
     checkpoints = "; ".join(f"{name}: {checkpoint_line(Path(path))}" for name, path in args.models.items())
     text = "\n".join(

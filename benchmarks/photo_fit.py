@@ -27,17 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, header, psnr, report, set_threads, table, work_folder
+from _common import PHOTOS, ROOT, arguments, header, parse, psnr, report, table, work_folder
 from PIL import Image
 
 from sda_cli import denoise, load_model
 from sda_cli.checkpoint import read_metadata
-from sda_cli.data import IMAGE_SUFFIXES
+from sda_cli.images import PICTURE_EXTENSIONS
 
 TITLE = "Fit against generalisation of the photo model: training crops against McMaster crops"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
 
-PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 SETS = {"BSDS400 (train)": PHOTOS / "bsds400", "McMaster18": PHOTOS / "mcmaster18"}
 """The training photos and the test photos (see ``shared/data/README.md``)."""
 
@@ -45,15 +44,10 @@ SHIPPED = "checkpoints/photo.safetensors"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=None, help=f"NAME=SPEC (default: each commit of {SHIPPED})")
+    parser = arguments(__doc__, models=None, count=48, count_help="crops per set", threads=1, work=True)
     parser.add_argument("--sigmas", nargs="+", type=float, default=[15.0, 25.0, 50.0], help="levels in /255")
-    parser.add_argument("--count", type=int, default=48, help="crops per set")
     parser.add_argument("--crop", type=int, default=128, help="side of the crops in pixels")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=None, help="where committed checkpoints go (default: temp)")
-    parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
-    return parser.parse_args()
+    return parse(parser)
 
 
 def committed_versions() -> dict[str, str]:
@@ -79,7 +73,7 @@ def resolve(name: str, spec: str, work: Path) -> Path:
 
 def photo_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PICTURE_EXTENSIONS)
 
 
 def crops(folder: Path, count: int, side: int, rng: np.random.Generator) -> torch.Tensor:
@@ -109,8 +103,7 @@ def mean_psnr(model: torch.nn.Module, clean: torch.Tensor, level: float) -> floa
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
-    specs = dict(item.split("=", 1) for item in args.models) if args.models else committed_versions()
+    specs = args.models or committed_versions()
     rng = np.random.default_rng(0)
     data = {name: crops(folder, args.count, args.crop, rng) for name, folder in SETS.items()}
     middle = args.sigmas[len(args.sigmas) // 2]

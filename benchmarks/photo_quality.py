@@ -22,11 +22,12 @@ PNGs, and the metrics are measured on those files against the clean PNGs:
 * CBM3D: ``bm3d.bm3d_rgb(noisy, sigma_psd=S/255)`` (the true sigma; bm3d 4 from PyPI), clipped to [0, 1] and
   rounded to 8 bits, in a small Python command of its own (``python -c``) over the same folder.
 
-Every method is one fresh process, timed and measured the same way: seconds per megapixel is the wall time of the
-whole command (process start, imports, model load, reading and writing the files: nothing subtracted) over the
-megapixels denoised; peak memory is the ``ru_maxrss`` that ``os.wait4`` returns for that process (its peak resident
-set, with the Python interpreter and torch or numpy in it). Commands run with ``OMP_NUM_THREADS=--threads``.
-A command that fails gives its row ``n/a`` with the command's error line, and the script goes on.
+Every method is one fresh process, timed and measured the same way (``_common.run``): seconds per megapixel is the
+wall time of the whole command (process start, imports, model load, reading and writing the files: nothing
+subtracted) over the megapixels denoised; peak memory is that command's peak resident set (with the Python
+interpreter and torch or numpy in it), ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a small process that runs it
+alone. Commands run with ``OMP_NUM_THREADS=--threads``. A command that fails gives its row ``n/a`` with the command's
+error line, and the script goes on.
 
 With ``--reuse`` (and ``--work``), a method whose output folder holds a ``run.json`` written by an earlier run of
 the same command at the same ``--threads``, on noisy files, a model file and (for sda) ``sda_cli`` sources with the
@@ -48,25 +49,36 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, checkpoint_line, header, psnr, report, set_threads, table, work_folder
+from _common import (
+    MCMASTER,
+    ROOT,
+    Run,
+    arguments,
+    checkpoint_line,
+    cli,
+    fmt,
+    header,
+    parse,
+    psnr,
+    read_pixels,
+    report,
+    run,
+    run_cli,
+    ssim,
+    table,
+    work_folder,
+)
 from PIL import Image
 
 TITLE = "Photo denoising: sda models against CBM3D on McMaster18"
 """The heading of this script's tables, and of its section of ``benchmarks/RESULTS.md``."""
-
-PHOTOS = ROOT.parent / "shared" / "data" / "photos" / "mcmaster18"
-"""The 18 McMaster validation photos (500 × 500 RGB, 8-bit TIFF); see ``shared/data/README.md``."""
 
 CHECKS = (
     (15, "cifar10", 0.0),
@@ -99,45 +111,26 @@ ESTIMATE = re.compile(r"^(?P<source>.+): estimated sigma (?P<sigma>[0-9.]+)", re
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        metavar="NAME=PATH",
-        default=None,
-        help="sda checkpoints to compare (default: cifar10=checkpoints/cifar10.safetensors, and "
-        "photo=checkpoints/photo.safetensors if it exists); the checks need the names photo and cifar10",
-    )
+    parser = arguments(__doc__, models=None, count=18, count_help="photos (the first ones in name order)", work=True)
     parser.add_argument(
         "--sigmas", nargs="+", type=float, default=[15.0, 25.0, 50.0], help="noise levels in /255 (e.g. 5 15 25 50)"
     )
-    parser.add_argument("--count", type=int, default=18, help="photos (the first ones in name order)")
-    parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder of the McMaster TIFFs")
+    parser.add_argument("--photos", type=Path, default=MCMASTER, help="folder of the McMaster TIFFs")
     parser.add_argument("--no-bm3d", action="store_true", help="skip CBM3D")
     parser.add_argument("--tile", type=int, default=None, help="--tile of sda denoise (default: the CLI's)")
     parser.add_argument(
         "--sigma-auto", action="store_true", help="also run the first model with --sigma auto and report its error"
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each command")
-    parser.add_argument("--work", type=Path, default=None, help="where the images go (default: a temp dir)")
     parser.add_argument(
         "--reuse", action="store_true", help="reuse a method's outputs in --work when its command and inputs match"
     )
-    parser.add_argument(
-        "--record", action="store_true", help="also write the tables as their section of benchmarks/RESULTS.md"
-    )
-    args = parser.parse_args()
-    if args.models is None:
-        args.models = ["cifar10=checkpoints/cifar10.safetensors"]
+    args = parse(parser)
+    if args.models is None:  # cifar10, and photo when it is there; the checks need the names photo and cifar10
+        args.models = {"cifar10": "checkpoints/cifar10.safetensors"}
         if (ROOT / "checkpoints" / "photo.safetensors").exists():
-            args.models.append("photo=checkpoints/photo.safetensors")
+            args.models["photo"] = "checkpoints/photo.safetensors"
     models: dict[str, Path] = {}
-    for item in args.models:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--models takes NAME=PATH items, not {item!r}")
-        if name in models:
-            parser.error(f"--models: the name {name!r} is used twice")
+    for name, path in args.models.items():
         model = Path(path) if Path(path).is_absolute() else ROOT / path
         if not model.is_file():
             parser.error(f"--models: {model} is not a file")
@@ -148,57 +141,7 @@ def parse_args() -> argparse.Namespace:
     args.sigmas = list(dict.fromkeys(args.sigmas))
     if args.reuse and args.work is None:
         parser.error("--reuse needs --work (the folder of the earlier run)")
-    if args.count < 1:
-        parser.error("--count must be at least 1")
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Commands
-
-
-@dataclass
-class Run:
-    """One command's wall seconds, peak resident memory (MB) and standard error; ``error`` when it failed."""
-
-    seconds: float
-    memory: float
-    stderr: str
-    error: str | None = None
-
-
-def error_line(stderr: str) -> str:
-    """The command's ``error`` line, else a traceback's last line, else its first non-empty line of stderr."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.lower().startswith("error")]
-    if errors:
-        return errors[0]
-    if any(line.startswith("Traceback") for line in lines):
-        return lines[-1]
-    return lines[0] if lines else "no message"
-
-
-def run(command: list[str], threads: int) -> Run:
-    """Run ``command`` in a fresh process from the repository root: wall seconds, and its peak RSS from
-    ``os.wait4`` (the resource usage of that one child)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        stderr.seek(0)
-        text = stderr.read()
-    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, kilobytes on Linux
-    result = Run(seconds, usage.ru_maxrss / scale, text)
-    if process.returncode != 0:
-        result.error = f"n/a ({error_line(text)})"
-    return result
-
-
-def sda(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sda_cli", *args]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,11 +167,6 @@ def write_clean(photos: Path, count: int, folder: Path) -> list[str]:
     return names
 
 
-def read(path: Path) -> np.ndarray:
-    """An 8-bit PNG as float ``(H, W, 3)`` pixels in [0, 1]."""
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255
-
-
 @dataclass
 class Row:
     """One method at one sigma; ``sigma_error`` only for ``--sigma auto``."""
@@ -245,13 +183,11 @@ class Row:
 
 def scores(folder: Path, clean: Path, names: list[str]) -> tuple[float, float]:
     """Mean PSNR (dB, peak 1, per image) and mean SSIM of the PNGs ``names`` of ``folder`` against ``clean``."""
-    from skimage.metrics import structural_similarity
-
     psnrs, ssims = [], []
     for name in names:
-        estimate, truth = read(folder / name), read(clean / name)
-        psnrs.append(float(psnr(torch.from_numpy(estimate)[None], torch.from_numpy(truth)[None])[0]))
-        ssims.append(structural_similarity(estimate, truth, data_range=1, channel_axis=2))
+        estimate, truth = read_pixels(folder / name)[None], read_pixels(clean / name)[None]
+        psnrs.append(float(psnr(torch.from_numpy(estimate), torch.from_numpy(truth))[0]))
+        ssims.append(ssim(estimate, truth)[0])
     return float(np.mean(psnrs)), float(np.mean(ssims))
 
 
@@ -285,10 +221,10 @@ def measured(
             result = Run(earlier["seconds"], earlier["memory"], earlier["stderr"])
             return Row(method, value, ssim, earlier["seconds_per_mp"], earlier["memory"], reused=True), result
     log.unlink(missing_ok=True)
-    result = run(command, args.threads)
+    result = run(command, threads=args.threads)
     if result.error is not None:
         print(f"{method}: {result.error}", file=sys.stderr, flush=True)
-        return Row(method, error=result.error), result
+        return Row(method, error=f"n/a ({result.error})"), result
     megapixels = len(names) * args.megapixels_per_image
     value, ssim = scores(out, work / "clean", names)
     row = Row(method, value, ssim, result.seconds / megapixels, result.memory)
@@ -311,15 +247,8 @@ def measure_level(level: float, args: argparse.Namespace, work: Path, names: lis
     tag = f"{level:g}"
     noisy = work / f"noisy_{tag}"
     noisy.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        sda("noise", str(work / "clean"), "--sigma", sigma, "--seed", "0", "-o", str(noisy), "-q"),
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"sda noise failed at sigma {sigma}: {error_line(done.stderr)}")
+    run_cli("noise", str(work / "clean"), "--sigma", sigma, "--seed", "0", "-o", str(noisy), "-q", threads=args.threads,
+            check=True)  # fmt: skip
     rows = [Row("noisy input", *scores(noisy, work / "clean", names))]
     inputs = [noisy / name for name in names]
     sources = sorted((ROOT / "sda_cli").rglob("*.py"))
@@ -331,7 +260,7 @@ def measure_level(level: float, args: argparse.Namespace, work: Path, names: lis
     for index, (name, model) in enumerate(args.models.items()):
         for auto in (False, True) if args.sigma_auto and index == 0 else (False,):
             out = work / f"sda_{name}{'_auto' if auto else ''}_{tag}"
-            command = sda("denoise", str(noisy), "--sigma", "auto" if auto else sigma, "--model", str(model))
+            command = cli("denoise", str(noisy), "--sigma", "auto" if auto else sigma, "--model", str(model))
             command += ["-o", str(out), "--method", "mmse", "--precision", "fp32", "-q", *tile]
             method = f"sda {name}" + (", --sigma auto" if auto else "")
             row, result = measured(method, command, out, work, names, args, [*inputs, model, *sources])
@@ -345,10 +274,6 @@ def measure_level(level: float, args: argparse.Namespace, work: Path, names: lis
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def fmt(value: float | None, digits: int) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def cells(row: Row) -> list[str]:
@@ -398,7 +323,6 @@ def checks(results: dict[float, list[Row]], models: dict[str, Path]) -> list[str
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     if not args.no_bm3d:
         try:
             import bm3d  # noqa: F401
@@ -413,7 +337,7 @@ def main() -> None:
     results: dict[float, list[Row]] = {}
     with work_folder(args.work, "sda-photos-") as work:
         names = write_clean(args.photos, args.count, work / "clean")
-        height, width = read(work / "clean" / names[0]).shape[:2]
+        height, width = read_pixels(work / "clean" / names[0]).shape[:2]
         args.megapixels_per_image = height * width / 1e6
         for level in args.sigmas:
             results[level] = measure_level(level, args, work, names)
@@ -427,7 +351,8 @@ def main() -> None:
         f"sda: `sda denoise --method mmse --precision fp32{'' if args.tile is None else f' --tile {args.tile}'}`; "
         "CBM3D: `bm3d.bm3d_rgb(noisy, sigma_psd=σ)` with the true σ, in a Python command of its own. "
         "s/MP: wall time of the whole command (process start, imports, model load and file I/O included, nothing "
-        "subtracted) per megapixel. Peak RSS: ru_maxrss of that process from os.wait4. "
+        "subtracted) per megapixel. Peak RSS: of the command alone, getrusage(RUSAGE_CHILDREN).ru_maxrss of a small "
+        "process that runs it. "
         f"OMP_NUM_THREADS={args.threads}. σ̂ error: mean |estimated − true σ| of `--sigma auto`, in /255."
         + (
             " (reused): not run again, scored from the files of an earlier run of the same command on the same "

@@ -24,57 +24,50 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
-from pathlib import Path
 
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
+from _common import arguments, checkpoint_line, header, option_default, parse, positive, psnr, report, table
 from restore_quality import BASELINES, SIGMA, TASK_NAMES, TASKS, baseline, observe, run_method, tune_wiener
 
-from sda_cli.checkpoint import load_model
+from sda_cli import load_model
 from sda_cli.data import cifar10
-from sda_cli.guidance.pnp import PnP
+from sda_cli.guidance import METHODS
 
 TITLE = "pnp's settings on CIFAR-10 training images"
 """The heading of this script's tables, and of its section of ``benchmarks/RESULTS.md``."""
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/")
+    parser = arguments(
+        __doc__, model="cifar10", count=32, count_help="training images", data_dir=True,
+        seed="the test tables' seed; these images use seed + 1",
+    )  # fmt: skip
     parser.add_argument("--first", type=int, default=1000, help="index of the first training image")
-    parser.add_argument("--count", type=int, default=32, help="training images")
     parser.add_argument("--tasks", default="sr2,sr4,random75,box", help=f"comma list of {', '.join(TASKS)}")
     parser.add_argument(
         "--rho-max", nargs="+", type=float, default=[49 / 255, 0.4, 0.8], help="first noise ratios, pixel units"
     )
-    parser.add_argument(
-        "--rho-min", nargs="+", type=float, default=[PnP.RHO_MIN / 2], help="last noise ratios, pixel units"
-    )
-    parser.add_argument("--steps", nargs="+", type=int, default=[PnP.STEPS, 64], help="iterations")
-    parser.add_argument("--lam", nargs="+", type=float, default=[PnP.LAMBDA], help="data-step weights")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
-    parser.add_argument("--seed", type=int, default=0, help="the test tables' seed; these images use seed + 1")
-    parser.add_argument("--record", action="store_true", help="also write the tables into benchmarks/RESULTS.md")
-    args = parser.parse_args()
+    rho_min = option_default("pnp", "rho_min") / 2  # model units are twice pixel units
+    parser.add_argument("--rho-min", nargs="+", type=float, default=[rho_min], help="last noise ratios, pixel units")
+    parser.add_argument("--steps", nargs="+", type=positive, default=[METHODS["pnp"].STEPS, 64], help="iterations")
+    parser.add_argument("--lam", nargs="+", type=float, default=[option_default("pnp", "lam")], help="data weights")
+    args = parse(parser)
     args.tasks = [t for t in args.tasks.split(",") if t]
     for task in args.tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}; expected some of {', '.join(TASKS)}")
-    if args.count < 1 or args.first < 0:
-        parser.error("--count must be at least 1 and --first at least 0")
+    if args.first < 0:
+        parser.error("--first must be at least 0")
     if min(args.rho_min) <= 0 or max(args.rho_min) > min(args.rho_max):
         parser.error("--rho-min must be positive and at most every --rho-max")
-    if min(args.steps) < 1 or min(args.lam) <= 0:
-        parser.error("--lam must be positive, --steps at least 1")
+    if min(args.lam) <= 0:
+        parser.error("--lam must be positive")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
-    model, _ = load_model(args.model)
+    model = load_model(args.model, device="cpu", precision="fp32")
     images = cifar10(args.data_dir, train=True).images[args.first : args.first + args.count].double() / 255
     if len(images) < args.count:
         raise SystemExit(f"only {len(images)} training images from index {args.first}")
@@ -111,12 +104,13 @@ def main() -> None:
         ]
         columns = ["method", "rho_max (pixel units)", "rho_min", "steps", "lam", "PSNR (dB)", "gain (dB)", "s/image"]
         sections.append(f"### {TASK_NAMES[task]} (`{task}`)\n\n{table(columns, cells)}\n")
+    rho_max, rho_min = (option_default("pnp", name) / 2 for name in ("rho_max", "rho_min"))
     note = (
         f"CIFAR-10 training images {args.first} to {args.first + args.count - 1}, observed as in `restore_quality.py` "
         f"(σ_y = {SIGMA}, float) with seed {args.seed + 1}; `sda_cli.restore.restore(method='pnp')` at each "
-        "setting, estimates clipped to [0, 1]; PSNR per image, then averaged. Defaults: rho_max "
-        f"{PnP.RHO_MAX / 2:.3f} (49/255), rho_min {PnP.RHO_MIN / 2:.4f} (1/255; the last ratio is σ_y = 0.01 when "
-        f"larger), {PnP.STEPS} steps, lam {PnP.LAMBDA}.\n"
+        f"setting, estimates clipped to [0, 1]; PSNR per image, then averaged. Defaults: rho_max {rho_max:.3f} "
+        f"({rho_max * 255:.0f}/255), rho_min {rho_min:.4f} ({rho_min * 255:.0f}/255; the last ratio is σ_y = 0.01 "
+        f"when larger), {METHODS['pnp'].STEPS} steps, lam {option_default('pnp', 'lam')}.\n"
     )
     report(TITLE, "\n".join([header(TITLE, checkpoint_line(args.model)), note, *sections]), args.record)
 

@@ -3,8 +3,8 @@
 The first ``--count`` exact CIFAR-10 test images get float noise (``torch.Generator`` seed 0) at each ``--sigmas``
 level and are denoised in-process by the posterior mean (``sda_cli.guidance.MatchedPosterior(denoiser, y,
 2 sigma).mean()``), once with the network in float32 and once under bf16 autocast: the checkpoint is loaded twice,
-``sda_cli.checkpoint.load_model(path, "cpu", autocast_dtype(p, "cpu"))`` for p = fp32 and bf16, as
-``sda denoise --precision fp32`` and ``bf16`` load it. Printed: PSNR of each (peak 1, estimates clipped to
+``sda_cli.load_model(path, device="cpu", precision=p)`` for p = fp32 and bf16, as ``sda denoise --precision fp32``
+and ``bf16`` load it. Printed: PSNR of each (peak 1, estimates clipped to
 [0, 1]), the largest absolute difference of the two estimates in pixel units, and the seconds of each pass (after
 one untimed warm-up batch) with their ratio.
 
@@ -15,17 +15,14 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
-from pathlib import Path
 
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
+from _common import arguments, checkpoint_line, header, parse, psnr, report, table
 
-from sda_cli.checkpoint import load_model
+from sda_cli import load_model
 from sda_cli.data import cifar10
-from sda_cli.denoiser import Denoiser, autocast_dtype
+from sda_cli.denoiser import Denoiser
 from sda_cli.guidance import MatchedPosterior
 
 TITLE = "bf16 autocast against float32 (mmse)"
@@ -33,22 +30,13 @@ TITLE = "bf16 autocast against float32 (mmse)"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--count", type=int, default=500)
+    parser = arguments(__doc__, model="cifar10", count=500, count_help="test images (the first ones)", data_dir=True)
     parser.add_argument("--sigmas", default="0.1,0.2,0.3")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    args = parser.parse_args()
-    set_threads(args.threads)
-    device = torch.device("cpu")
+    args = parse(parser)
     # The same weights twice, each with its network's precision set at loading (channels-last, eval mode).
-    exact_model, _ = load_model(args.model, device, autocast_dtype("fp32", device))
-    fast_model, _ = load_model(args.model, device, autocast_dtype("bf16", device))
+    exact_model = load_model(args.model, device="cpu", precision="fp32")
+    fast_model = load_model(args.model, device="cpu", precision="bf16")
     clean = cifar10(args.data_dir, train=False, download=False).images[: args.count].float() / 255
 
     def denoise(y: torch.Tensor, sigma: float, denoiser: Denoiser) -> tuple[torch.Tensor, float]:

@@ -44,16 +44,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, psnr, set_threads
+from _common import ROOT, arguments, parse, psnr, restore_methods
 from PIL import Image, ImageDraw, ImageFont
 from restore_quality import SIGMA, TASKS, ImageMasks, missing_of, observe
 from torch import Tensor
 
+from sda_cli import load_model
 from sda_cli.atomic import atomic_path
 from sda_cli.data import cifar10
-from sda_cli.models import load_model
 from sda_cli.operators import LinearOperator, make_operator
-from sda_cli.restore import SAMPLING_METHODS, restore
+from sda_cli.restore import restore
 
 DEFAULT_METHOD = inspect.signature(restore).parameters["method"].default
 """``restore``'s own default method, so that the figures follow the code."""
@@ -138,31 +138,28 @@ def figure(title: str, panels: list[tuple[tuple[str, str], Image.Image]]) -> Ima
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sampler", default="mmps", choices=SAMPLING_METHODS, help="the method of the K draws")
+    parser = arguments(
+        __doc__, model="cifar10", threads=1, data_dir=True, record=False,
+        seed="seed of the observation's noise and mask, and the draws",
+    )  # fmt: skip
+    samplers = restore_methods(sampling=True)
+    parser.add_argument("--sampler", default="mmps", choices=samplers, help="the method of the K draws")
     parser.add_argument("--samples", type=int, default=8, help="K, the draws whose mean and std are shown (≥ 2)")
     parser.add_argument("--image", type=int, default=DEFAULT_IMAGE, help="index of the CIFAR-10 test image")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the observation's noise and mask, and the draws")
-    parser.add_argument("--model", default="cifar10", help="a shipped model's name or a .safetensors file")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "figures", help="folder of the PNGs")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
-    args = parser.parse_args()
+    args = parse(parser)
     args.tasks = [t for t in args.tasks.split(",") if t]
     for task in args.tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}; expected some of {', '.join(TASKS)}")
     if args.samples < 2:
         parser.error("--samples must be at least 2: the std map needs two draws")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     model = load_model(args.model, device="cpu", precision="fp32")
     images = cifar10(args.data_dir, train=False).images
     if not 0 <= args.image < len(images):
@@ -173,7 +170,7 @@ def main() -> None:
         start = time.perf_counter()
         y, operator = observe(task, x, args.seed)
         if isinstance(operator, ImageMasks):  # one image: its mask as the operator sda restore --mask builds
-            operator = make_operator(mask=operator.masks[0])
+            operator = make_operator(mask=operator.mask[0])
         pixels = y[0].float()
         estimate, _ = restore(model, pixels, SIGMA, operator, method=DEFAULT_METHOD, seed=args.seed)
         mean, std = restore(model, pixels, SIGMA, operator, method=args.sampler, samples=k, seed=args.seed)

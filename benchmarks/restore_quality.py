@@ -6,19 +6,21 @@ exact Gaussian noise of ``SIGMA`` = 0.01, ``y = A x + 0.01 n``, kept as float (n
 
 * ``sr2`` and ``sr4``: ×2 and ×4 super-resolution, the average of each 2×2 or 4×4 block (``sda restore --scale``);
 * ``random75``: 75% of the pixels missing (all three channels of 768 of the 1,024 pixels), a different seeded
-  random mask for each image (a per-image mask operator, :class:`ImageMasks`, which applies ``Mask`` image by image);
+  random mask for each image (:class:`ImageMasks`: ``sda_cli.operators.Mask`` holds one mask for every image of a
+  batch, so this adapter of it holds one per image);
 * ``box``: the centre 16×16 pixels missing (``--mask``);
 * ``blur``: Gaussian blur of S = 1 pixel (``--blur 1``), symmetric boundaries.
 
 The observations (noise and masks seeded by ``--seed``) are made once per task and every method gets the same ones.
 
-Methods. Each of ``--methods`` (``sda_cli.restore.RESTORE_METHODS``: ``pnp``, ``mmps``, ``dps``, ``diffpir``,
-``sda``) runs in-process through ``sda_cli.restore.restore`` at its own defaults (``--steps`` overrides the step
-count of all), the model loaded once (``sda_cli.checkpoint.load_model``, float32). ``pnp`` gives one deterministic
-estimate per image. For the samplers, ``restore(..., samples=K)`` draws K samples of each observation as one batch,
-the observation repeated K times; here that same batch is passed with ``samples=1`` (each observation repeated K
-times, draw-major, as ``restore`` repeats it), which gives the same draws from the same random stream and keeps each
-one. From them:
+Methods. Each of ``--methods`` (default: every method of ``sda_cli.guidance.METHODS`` that takes an operator, those
+of ``sda restore``: ``pnp``, ``mmps``, ``dps``, ``diffpir``, ``sda``) runs in-process through
+``sda_cli.restore.restore`` at its own defaults (``--steps`` overrides the step count of all), the model loaded once
+(``sda_cli.load_model``, float32). ``pnp`` gives one deterministic estimate per image (its class does not
+``draw``). For the samplers, ``restore(..., samples=K)`` draws K samples of each observation as one batch, the
+observation repeated K times; here that same batch is passed with ``samples=1`` (each observation repeated K times,
+draw-major, as ``restore`` repeats it), which gives the same draws from the same random stream and keeps each one.
+From them:
 
 * ``default``: what ``sda restore --method M`` writes without ``--samples``: ``pnp``'s estimate, a sampler's one
   draw;
@@ -31,8 +33,8 @@ one. From them:
   runs ``solver_steps + 1`` backward passes);
 * ``s/image``: wall seconds of the ``restore`` calls divided by the images, all K draws included, with
   ``--threads`` CPU threads. Images and their draws are batched into calls of at most what one network call takes
-  (``restore.PIXELS_PER_CALL`` pixels, a quarter of it for the methods with backward passes), so that the
-  vector-Jacobian products keep their forward pass.
+  (``sda_cli.restore.batch_pixels``: ``sda_cli.tiles.PIXELS_PER_CALL`` pixels, a quarter of it for the methods with
+  backward passes), so that the vector-Jacobian products keep their forward pass.
 
 Classical baselines, on the same observations: bicubic upsampling (``torch.nn.functional.interpolate``, bicubic,
 ``align_corners=False``, the centres of the blocks where the averages sit) for super-resolution; biharmonic
@@ -42,10 +44,11 @@ inpainting (``skimage.restoration.inpaint_biharmonic``, ``channel_axis=-1``) for
 observed the same way with their own noise): other images than the test ones the table uses.
 
 PSNR is per image (peak 1), then averaged; SSIM is scikit-image's ``structural_similarity(data_range=1,
-channel_axis=2)``, averaged. Every estimate is clipped to [0, 1] for both, as an 8-bit output file holds it; the std
-ratio uses the unclipped draws. The checks below the tables take, per task, the best PSNR of any method (default, one
-draw or mean of K) against the baseline: ×2 at least 2.0 dB above bicubic, ×4 1.5 dB, 75% missing 2.0 dB above
-biharmonic, box 0.5 dB, blur 1.5 dB above Wiener; and ``mmps``'s std ratio within [0.8, 1.25] on every task.
+channel_axis=2)``, averaged (both ``_common``'s). Every estimate is clipped to [0, 1] for both, as an 8-bit output
+file holds it; the std ratio uses the unclipped draws. The checks below the tables take, per task, the best PSNR of
+any method (default, one draw or mean of K) against the baseline: ×2 at least 2.0 dB above bicubic, ×4 1.5 dB,
+75% missing 2.0 dB above biharmonic, box 0.5 dB, blur 1.5 dB above Wiener; and ``mmps``'s std ratio within
+[0.8, 1.25] on every task.
 
 Run from the repository root. ``pnp`` takes about 2 s per 32×32 image on one core (24 forward passes), so 1,000
 images and five tasks take about 3 hours. A full run of the samplers takes days, not hours, on this 2-core CPU: at
@@ -63,7 +66,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -72,21 +74,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, psnr, report, set_threads, table
+from _common import arguments, checkpoint_line, header, parse, psnr, report, restore_methods, ssim, table
 from torch import Tensor
 
-from sda_cli.checkpoint import load_model
+from sda_cli import load_model
 from sda_cli.data import cifar10
 from sda_cli.denoiser import Denoiser
-from sda_cli.operators import LinearOperator, gaussian_kernel, make_operator
-from sda_cli.restore import (
-    RESTORE_CLASSES,
-    RESTORE_METHODS,
-    SAMPLING_METHODS,
-    batch_pixels,
-    image_size,
-    restore,
-)
+from sda_cli.guidance import METHODS
+from sda_cli.operators import LinearOperator, Mask, gaussian_kernel, make_operator
+from sda_cli.restore import batch_pixels, image_size, restore
 from sda_cli.seeds import seeded_generator
 
 TITLE = "Restoration: sda restore's methods against classical restorations"
@@ -118,33 +114,26 @@ COLUMNS = ["method", "steps", "NFE/draw", "PSNR default", "PSNR one draw", "PSNR
            "SSIM one draw", "SSIM mean of K", "std ratio (1)", "s/image"]  # fmt: skip
 
 
-class ImageMasks(LinearOperator):
-    """:math:`m_i \\odot x_i`: a mask ``(N, 1, H, W)`` of 0 (missing) and 1 (observed) for each image of a batch of
-    ``N``; the adjoint is itself, and missing values of an observation are set to 0, as ``Mask`` does for one. A
-    batch of one image is masked by each mask in turn (``restore`` probes the operator with one image of ones)."""
+class ImageMasks(Mask):
+    """``sda_cli.operators.Mask`` with one mask per image: ``masks`` ``(N, 1, H, W)`` of 0 (missing) and 1 (observed)
+    for a batch of ``N`` images. ``Mask`` holds one ``(C, H, W)`` mask for every image of a batch and has no
+    per-image form, so this adapter keeps ``Mask``'s product, adjoint and ``observed`` (and its check of the values)
+    and changes only the shape check: ``N`` images, or one (``restore`` probes the operator with one image of ones),
+    which every mask then masks in turn."""
 
     def __init__(self, masks: Tensor) -> None:
-        self.masks = masks
+        super().__init__(masks.reshape(-1, *masks.shape[-2:]))  # Mask's checks, the N masks read as channels
+        self.mask = self.mask.reshape(masks.shape)
 
     def out_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         b, c, h, w = (int(n) for n in shape)
-        if (b, h, w) != (self.masks.shape[0], *self.masks.shape[2:]):
-            raise ValueError(f"{self.masks.shape[0]} masks of {tuple(self.masks.shape[2:])} for images {tuple(shape)}")
-        return b, c, h, w
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.shape[0] != 1:  # one image (restore's probe of ones) gets every mask
-            self.out_shape(x.shape)
-        return x * self.masks.to(dtype=x.dtype, device=x.device)
-
-    def adjoint(self, y: Tensor) -> Tensor:
-        return self(y)
-
-    def observed(self, y: Tensor) -> Tensor:
-        return self(y)
+        if b not in (1, len(self.mask)) or (h, w) != tuple(self.mask.shape[-2:]):
+            raise ValueError(f"{len(self.mask)} masks of {tuple(self.mask.shape[-2:])} for images {tuple(shape)}")
+        return len(self.mask), c, h, w
 
     def part(self, index: slice | Tensor) -> ImageMasks:
-        return ImageMasks(self.masks[index])
+        """The masks of the images ``index``."""
+        return ImageMasks(self.mask[index])
 
 
 def random_masks(count: int, size: int, missing: float, generator: np.random.Generator) -> Tensor:
@@ -216,21 +205,13 @@ def tune_wiener(data: Path | None, seed: int) -> tuple[float, float]:
     return WIENER_BALANCES[best], scores[best]
 
 
-def ssim(estimate: Tensor, truth: Tensor) -> Tensor:
-    """Per-image SSIM of ``(N, C, H, W)`` pixels in [0, 1]."""
-    from skimage.metrics import structural_similarity
-
-    a, b = estimate.permute(0, 2, 3, 1).double().numpy(), truth.permute(0, 2, 3, 1).double().numpy()
-    return torch.tensor([structural_similarity(p, q, data_range=1, channel_axis=2) for p, q in zip(a, b, strict=True)])
-
-
 def nfe(method: str, model: Denoiser, operator: LinearOperator, shape: Sequence[int], steps: int | None) -> int:
     """Network evaluations of one draw: the ``nfe`` of the method's object as ``restore`` builds it."""
     probe = torch.zeros((1, *shape[1:]))
     if isinstance(operator, ImageMasks):
         operator = operator.part(slice(0, 1))
     given = {"steps": steps} if steps is not None else {}
-    kind = RESTORE_CLASSES[method]
+    kind = METHODS[method]
     return kind(model, operator(probe), 2 * SIGMA, operator=operator, shape=tuple(shape[1:]), **given).nfe
 
 
@@ -238,10 +219,11 @@ def run_method(
     method: str, model: Denoiser, y: Tensor, operator: LinearOperator, args: argparse.Namespace, **options: float
 ) -> tuple[Tensor, float]:
     """The K draws ``(K, N, C, H, W)`` in pixel units (unclipped; ``pnp``: its one estimate, K = 1) and the seconds
-    per image; ``options`` are the method's own (``sda_cli.restore.RESTORE_OPTIONS``), its defaults when none."""
-    k, count = (args.samples if method in SAMPLING_METHODS else 1), y.shape[0]
+    per image; ``options`` are the method's own (``sda_cli.guidance.METHODS[method].options``), its defaults when
+    none."""
+    k, count = (args.samples if METHODS[method].draws else 1), y.shape[0]
     height, width = image_size(operator, *y.shape[-2:])
-    per_call = batch_pixels(method)
+    per_call = batch_pixels(METHODS[method])
     chunk = max(1, per_call // (height * width) // k)
     generator, _ = seeded_generator(args.seed, "restore")
     parts = []
@@ -266,7 +248,7 @@ def method_row(method: str, draws: Tensor, x: Tensor, evaluations: int, seconds:
     mean = draws.mean(0)
     one, averaged = draws[0].clamp(0, 1), mean.clamp(0, 1)
     ratio = float((mean - x).square().sum() / ((1 + 1 / k) * draws.var(0).sum())) if k >= 2 else math.nan
-    sampler = method in SAMPLING_METHODS
+    sampler = METHODS[method].draws
     psnr_one, ssim_one = float(psnr(one, x).mean()), float(ssim(one, x).mean())
     return {
         "method": method, "steps": steps, "nfe": str(evaluations), "psnr_default": psnr_one, "ssim_default": ssim_one,
@@ -315,35 +297,32 @@ def checks(results: dict[str, list[dict]]) -> list[list[str]]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/")
-    parser.add_argument("--count", type=int, default=1000, help="test images (the first ones)")
-    parser.add_argument("--methods", default=",".join(RESTORE_METHODS), help="comma list of restore's methods")
+    parser = arguments(
+        __doc__, model="cifar10", count=1000, count_help="test images (the first ones)", data_dir=True,
+        seed="seed of the observations, masks and draws",
+    )  # fmt: skip
+    methods = restore_methods()
+    parser.add_argument("--methods", default=",".join(methods), help="comma list of sda restore's methods")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
     parser.add_argument("--samples", type=int, default=8, help="K, the draws per image")
     parser.add_argument("--steps", type=int, default=None, help="steps of every method (default: each its own)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the observations, masks and draws")
-    parser.add_argument("--record", action="store_true", help="also write the tables into benchmarks/RESULTS.md")
-    args = parser.parse_args()
+    args = parse(parser)
     args.methods = [m for m in args.methods.split(",") if m]
     args.tasks = [t for t in args.tasks.split(",") if t]
     for method in args.methods:
-        if method not in RESTORE_METHODS:
-            parser.error(f"unknown method {method!r}; expected some of {', '.join(RESTORE_METHODS)}")
+        if method not in methods:
+            parser.error(f"unknown method {method!r}; expected some of {', '.join(methods)}")
     for task in args.tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}; expected some of {', '.join(TASKS)}")
-    if args.samples < 1 or args.count < 1:
-        parser.error("--samples and --count must be at least 1")
+    if args.samples < 1:
+        parser.error("--samples must be at least 1")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
-    model, _ = load_model(args.model)
+    model = load_model(args.model, device="cpu", precision="fp32")
     x = cifar10(args.data_dir, train=False).images[: args.count].double() / 255
     balance, tuned = tune_wiener(args.data_dir, args.seed) if "blur" in args.tasks else (math.nan, math.nan)
     results: dict[str, list[dict]] = {}
@@ -364,7 +343,7 @@ def main() -> None:
         for method in args.methods:
             draws, seconds = run_method(method, model, y, operator, args)
             evaluations = nfe(method, model, operator, x.shape, args.steps)
-            steps = str(args.steps if args.steps is not None else RESTORE_CLASSES[method].STEPS)
+            steps = str(args.steps if args.steps is not None else METHODS[method].STEPS)
             rows.append(method_row(method, draws, x, evaluations, seconds, steps))
         results[task] = rows
         sections.append(f"### {TASK_NAMES[task]} (`{task}`)\n\n{table(COLUMNS, [cells(r) for r in rows])}\n")

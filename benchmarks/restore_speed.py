@@ -8,7 +8,8 @@ What. A ``--size`` × ``--size`` RGB photo (default 512), the first McMaster pho
 * ``random50``: half of the pixels missing, ``sda degrade CLEAN --mask MASK --sigma 0.01 --seed 0``, MASK a
   one-channel PNG, white at exactly half of the pixels, drawn by ``numpy.random.default_rng(0)``.
 
-Each of ``--methods`` (default ``pnp`` and ``diffpir``; ``mmps`` is allowed but takes far longer) restores each
+Each of ``--methods`` (default ``pnp`` and ``diffpir``; any method of ``sda restore`` is allowed, ``mmps`` takes far
+longer) restores each
 observation with ``sda restore OBS -o OUT [--scale 2 | --mask MASK] --sigma 0.01 --method M --seed 0 --precision
 fp32`` at its default steps and tile, with ``--model NAME`` when given, else the CLI's default model: one row per task
 and method with the network evaluations of the method (its object's ``nfe``, each evaluation tiled as the CLI tiles
@@ -19,7 +20,7 @@ fastest method on 2 cores). Below the table, the fastest method of each task and
 against the clean upscaled photo is shown for reference only. The model the command loaded is the one its
 ``--verbose`` line names, so the table reports ``sda restore``'s own default, whatever it is.
 
-How. ``benchmarks/photo_quality.py``'s ``run``: ``OMP_NUM_THREADS=--threads``, ``os.wait4`` for the peak RSS.
+How. ``_common.run_cli``: ``OMP_NUM_THREADS=--threads``, the peak RSS of the command alone.
 Run from the repository root on an otherwise idle machine (a training run beside it halves the speed); fewer
 threads than 2 give an upper bound of the time on 2 cores. ``--size 128`` makes a quick trial:
 
@@ -36,9 +37,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import checkpoint_line, header, psnr, report, set_threads, table, work_folder
+from _common import (
+    MCMASTER,
+    MEASURED,
+    arguments,
+    checkpoint_line,
+    header,
+    parse,
+    psnr,
+    report,
+    restore_methods,
+    run_cli,
+    table,
+    work_folder,
+)
 from large_photo import read
-from photo_quality import PHOTOS, Run, run, sda
 from PIL import Image
 
 TITLE = "A 512×512 photo through sda restore"
@@ -60,19 +73,13 @@ MODEL_LINE = re.compile(r"^model: (?P<path>.+?); device:", re.MULTILINE)
 
 
 def parse_args() -> argparse.Namespace:
-    from sda_cli.restore import RESTORE_METHODS
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__, model=None, threads=2, work=True)
     parser.add_argument(
-        "--methods", nargs="+", default=["pnp", "diffpir"], choices=RESTORE_METHODS, help="sda restore --method"
+        "--methods", nargs="+", default=["pnp", "diffpir"], choices=restore_methods(), help="sda restore --method"
     )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--model", default=None, help="--model of sda restore (default: none, the CLI's default)")
     parser.add_argument("--size", type=int, default=TARGET_SIZE, help="side of the photo (even)")
-    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each command")
-    parser.add_argument("--work", type=Path, default=None, help="where the images go (default: a temp dir)")
-    parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
-    args = parser.parse_args()
+    args = parse(parser)
     if args.size < 32 or args.size % 2:
         parser.error("--size must be even and at least 32")
     args.methods = list(dict.fromkeys(args.methods))
@@ -82,7 +89,7 @@ def parse_args() -> argparse.Namespace:
 
 def photo(size: int, path: Path) -> None:
     """The first McMaster photo, upscaled (bicubic) to ``size`` × ``size``."""
-    source = Image.open(sorted(PHOTOS.glob("*.tif"), key=lambda p: int(p.stem))[0]).convert("RGB")
+    source = Image.open(sorted(MCMASTER.glob("*.tif"), key=lambda p: int(p.stem))[0]).convert("RGB")
     source.resize((size, size), Image.BICUBIC).save(path)
 
 
@@ -98,19 +105,18 @@ def random_mask(size: int, path: Path) -> None:
 def nfe(method: str, model: str) -> str:
     """Network evaluations of one draw of ``method`` with ``model`` (a file or a shipped name): the ``nfe`` of its
     object at its default steps (the operator does not change it)."""
-    from sda_cli.models import load_model
+    from sda_cli import load_model
+    from sda_cli.guidance import METHODS
     from sda_cli.operators import make_operator
-    from sda_cli.restore import RESTORE_CLASSES
 
     denoiser = load_model(model, device="cpu", precision="fp32")
     operator = make_operator(scale=2)
     y = operator(torch.zeros(1, 3, 2, 2))
-    return str(RESTORE_CLASSES[method](denoiser, y, 0.02, operator=operator, shape=(3, 2, 2)).nfe)
+    return str(METHODS[method](denoiser, y, 0.02, operator=operator, shape=(3, 2, 2)).nfe)
 
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     options = {"sr2": ["--scale", "2"], "random50": []}
@@ -125,23 +131,21 @@ def main() -> None:
         truth = read(clean)[None]
         for task in args.tasks:
             observed = work / f"{task}_obs.png"
-            degrade = sda("degrade", str(clean), *options[task], "--sigma", SIGMA, "--seed", "0", "-o", str(observed))
-            made = run([*degrade, "-q"], 1)
-            if made.error:
-                raise SystemExit(f"sda degrade ({task}) failed: {made.error}")
+            degrade = ["degrade", str(clean), *options[task], "--sigma", SIGMA, "--seed", "0", "-o", str(observed)]
+            run_cli(*degrade, "-q", threads=1, check=True)
             for method in args.methods:
                 out = work / f"{task}_{method}.png"
-                command = sda("restore", str(observed), "-o", str(out), *options[task], "--sigma", SIGMA)
+                command = ["restore", str(observed), "-o", str(out), *options[task], "--sigma", SIGMA]
                 command += ["--method", method, "--seed", "0", "--precision", "fp32", "-q", "-v"]
-                command += [] if args.model is None else ["--model", args.model]
-                result: Run = run(command, args.threads)
+                command += [] if args.model is None else ["--model", str(args.model)]
+                result = run_cli(*command, threads=args.threads)
                 found = MODEL_LINE.search(result.stderr)
-                name = Path(found["path"]).stem if found else (args.model or "?")
+                name = Path(found["path"]).stem if found else (args.model.stem if args.model else "?")
                 if found and loaded is None:
                     loaded = Path(found["path"])
-                evaluations = nfe(method, found["path"] if found else args.model or "?")
+                evaluations = nfe(method, found["path"] if found else str(args.model or "?"))
                 if result.error:
-                    rows.append([task, method, name, evaluations, result.error, "—", "—", "—"])
+                    rows.append([task, method, name, evaluations, f"n/a ({result.error})", "—", "—", "—"])
                     print(" | ".join(rows[-1]), flush=True)
                     continue
                 quality = float(psnr(read(out)[None], truth)[0])
@@ -193,9 +197,8 @@ def main() -> None:
             f"{SIGMA} --method M --seed 0 --precision fp32` with the task's operator option, at the method's default "
             f"steps and tile, in a fresh process with OMP_NUM_THREADS={args.threads}, on {affinity} of "
             f"{os.cpu_count()} CPUs (CPU affinity), load average {load:.2f} at the start.{bound} NFE: network "
-            "evaluations of the whole image (each one tiled as the CLI tiles it). Seconds: wall time of the whole "
-            "command (start, model load, PNG reading and writing included). PSNR against the clean photo, for "
-            "reference only.",
+            f"evaluations of the whole image (each one tiled as the CLI tiles it). Seconds and memory: {MEASURED}. "
+            "PSNR against the clean photo, for reference only.",
             "",
             table(["task", "method", "model", "NFE", "seconds", "peak RSS (MB)", "PSNR (dB)", "target"], rows),
             "",

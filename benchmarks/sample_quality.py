@@ -49,19 +49,16 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, checkpoint_line, header, report, set_threads, table, work_folder
+from _common import arguments, checkpoint_line, header, parse, report, run_cli, table, work_folder
 from PIL import Image
 
-from sda_cli.checkpoint import load_model
+from sda_cli import load_model
 from sda_cli.data import cifar10
 from sda_cli.sampler import DEFAULT_STEPS, SAMPLERS, make_sampler
 
@@ -76,19 +73,14 @@ SUBSETS = 100
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "checkpoints" / "cifar10.safetensors")
-    parser.add_argument("--count", type=int, default=1000, help="samples, and test images (the first ones)")
+    parser = arguments(
+        __doc__, model="cifar10", count=1000, count_help="samples, and test images (the first ones)", data_dir=True,
+        work=True,
+    )  # fmt: skip
     parser.add_argument("--sampler", default="heun", choices=list(SAMPLERS), help="the CLI's default: heun")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the CLI's for the sampler)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the samples go (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (sda and Inception)")
     parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True, help="also the two floors")
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    args = parser.parse_args()
+    args = parse(parser)
     if args.count < 10:
         parser.error("--count must be at least 10")
     if args.steps is not None and args.steps < 1:
@@ -102,12 +94,9 @@ def parse_args() -> argparse.Namespace:
 
 def sda_samples(args: argparse.Namespace, model: Path, steps: int, folder: Path) -> tuple[torch.Tensor, float]:
     """``sda sample`` into ``folder`` (seed 0); the samples in file order and the command's wall time."""
-    command = [sys.executable, "-m", "sda_cli", "sample", "-n", str(args.count), "-o", str(folder)]
+    command = ["sample", "-n", str(args.count), "-o", str(folder)]
     command += ["--model", str(model), "--sampler", args.sampler, "--steps", str(steps), "--seed", "0", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, cwd=ROOT)
-    seconds = time.perf_counter() - started
+    seconds = run_cli(*command, threads=args.threads, check=True).seconds
     paths = sorted(folder.glob("sample_*.png"))
     if len(paths) != args.count:
         raise SystemExit(f"expected {args.count} sample_*.png files in {folder}, found {len(paths)}")
@@ -232,7 +221,7 @@ def measure(args: argparse.Namespace, model: Path, steps: int, workdir: Path) ->
     folder = workdir / "samples"
     folder.mkdir()
     samples, seconds = sda_samples(args, model, steps, folder)
-    denoiser, _ = load_model(model)  # only to count the sampler's network evaluations, as sda sample prints them
+    denoiser = load_model(model, device="cpu", precision="fp32")  # only to count the sampler's evaluations
     name = f"sda {args.sampler}, {steps} steps, {make_sampler(args.sampler, denoiser).nfe(steps)} NFE"
     rows = [row(name, samples, seconds, target=True)]
     if args.floors:
@@ -247,12 +236,11 @@ def measure(args: argparse.Namespace, model: Path, steps: int, workdir: Path) ->
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     model = args.model.resolve()
     checkpoint = checkpoint_line(model)
     steps = args.steps or DEFAULT_STEPS[args.sampler]
 
-    with work_folder(args.workdir, "sda-sample-quality-") as workdir:
+    with work_folder(args.work, "sda-sample-quality-") as workdir:
         rows = measure(args, model, steps, workdir)
 
     spread = "jackknife standard error" if args.count <= SUBSET_SIZE else f"std over {SUBSETS} subsets of {SUBSET_SIZE}"

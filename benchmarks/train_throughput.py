@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import time
 
 import torch
-from _common import header, report, set_threads, table
+from _common import arguments, header, parse, report, table
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -37,19 +36,15 @@ TITLE = "Training throughput: sda U-Net against diffusers UNet2DModel"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per model (medians are reported)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--widths", default="64,128,192", help="our U-Net widths")
     parser.add_argument("--their-widths", default="64,144,192", help="UNet2DModel block_out_channels")
     parser.add_argument("--precision", default="auto", help="autocast of both steps, as `sda train --precision`")
     parser.add_argument("--compile", action="store_true", help="also time our step with torch.compile")
-    parser.add_argument(
-        "--record", action="store_true", help="also write the table as its section of benchmarks/RESULTS.md"
-    )
-    return parser.parse_args()
+    return parse(parser)
 
 
 class DiffusersBackbone(nn.Module):
@@ -119,7 +114,6 @@ def forward_flops(backbone: nn.Module) -> int:
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     config = {
         "model": {"channels": 3, "widths": widths, "blocks": 2, "attention_levels": [len(widths) - 1]},

@@ -10,14 +10,17 @@ Two kinds of file, both safetensors (never pickle), both written atomically:
 
 Metadata is parsed as JSON and validated before anything is built from it: types and ranges of every
 model option, and the U-Net's parameter count, computed from the config alone (:func:`parameter_count`),
-so that a hostile or damaged file cannot make us allocate a huge model.
+so that a hostile or damaged file cannot make us allocate a huge model. The same limits, defined once, check a new
+model's config built from ``sda train``'s options (:func:`model_config`), with messages that name the options.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +30,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sda_cli.atomic import atomic_path, write_failure
-from sda_cli.denoiser import Denoiser, DenoiserConfig
+from sda_cli.denoiser import PARAMETRISATIONS, Denoiser, DenoiserConfig
 from sda_cli.schedule import make_schedule
-from sda_cli.unet import UNet, UNetConfig
+from sda_cli.unet import NORMS, UNet, UNetConfig
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,9 +41,10 @@ __all__ = [
     "check_config",
     "complete_config",
     "file_version",
-    "load_model",
     "load_state",
+    "model_config",
     "parameter_count",
+    "read_checkpoint",
     "read_metadata",
     "save_model",
     "save_state",
@@ -54,6 +58,8 @@ MAX_WIDTH = 4096
 MAX_LEVELS = 8
 MAX_BLOCKS = 16
 MAX_HEADS = 64
+MAX_PATCH = 16
+MIN_NOISE_STD = 0.01
 MAX_IMAGE_SIZE = 1 << 14
 MAX_PARAMETERS = 500_000_000
 """Largest U-Net that a config may describe (2 GB of fp32 weights); checked before anything is built."""
@@ -111,77 +117,197 @@ def check_config(config: Any) -> dict[str, Any]:
     Checks types and ranges of every model option and the parameter count (:func:`parameter_count`), and that
     every section parses. Raises :class:`CheckpointError` with the reason (no path, no advice).
     """
-    if not isinstance(config, dict):
-        raise CheckpointError("metadata is not a JSON object")
+    _check_sections(config)
+    _check_model(config["model"], options=False)
+    _check_denoiser(config["denoiser"], options=False)
+    _check_extras(config)
+    _check_network(config, options=False)
+    return config
+
+
+def model_config(
+    *,
+    channels: int = 3,
+    widths: Sequence[int] = (64, 128, 192),
+    blocks: int | Sequence[int] = 2,
+    attention_levels: Sequence[int] = (2,),
+    patch: int = 1,
+    norm: str = "group",
+    parametrisation: str = "edm",
+    noise_mean: float = -1.2,
+    noise_std: float = 1.2,
+    image_size: int = 32,
+    crop: int | None = None,
+) -> dict[str, Any]:
+    """The ``model``, ``denoiser`` and ``schedule`` sections of a new model, from ``sda train``'s options, checked.
+
+    The limits are those of :func:`check_config`, defined once for both, plus two of training alone: the side of the
+    training images (``crop``, else ``image_size``) is a multiple of the network's downsampling factor
+    :math:`p \\cdot 2^{L-1}` (``patch`` :math:`p`, :math:`L` levels), and the log-normal law of the noise levels has a
+    finite mean and a standard deviation of at least :data:`MIN_NOISE_STD`. ``blocks`` is one count for every level,
+    or one per level. Raises :class:`CheckpointError` (a ``ValueError``) whose one line names the option and says
+    what to do, such as "--widths needs 1 to 8 widths between 1 and 4096, such as 64,128,192".
+    """
+    counts = [blocks] if isinstance(blocks, int) else list(blocks)
+    model = {
+        "channels": channels,
+        "widths": list(widths),
+        "blocks": counts[0] if len(counts) == 1 else counts,
+        "attention_levels": list(attention_levels),
+        "patch": patch,
+        "norm": norm,
+    }
+    denoiser = {"parametrisation": parametrisation, "p_mean": noise_mean, "p_std": noise_std}
+    _check_model(model, options=True)
+    _check_denoiser(denoiser, options=True)
+    _need(math.isfinite(noise_mean), f"--noise-mean must be a finite number such as -1.2, not {noise_mean}")
+    ok = MIN_NOISE_STD <= noise_std < math.inf
+    _need(ok, f"--noise-std must be a number of at least {MIN_NOISE_STD} such as 1.2, not {noise_std}")
+    side_name, side = ("--crop", crop) if crop is not None else ("--image-size", image_size)
+    _need(
+        _is_int(side) and 1 <= side <= MAX_IMAGE_SIZE, f"{side_name} must be a whole number from 1 to {MAX_IMAGE_SIZE}"
+    )
+    factor = UNetConfig.from_dict(model).factor
+    _need(
+        side % factor == 0, f"{side_name} must be a multiple of {factor} for {len(widths)} levels and --patch {patch}"
+    )
+    config = {"model": model, "denoiser": denoiser, "schedule": {"name": "cosine"}}
+    _check_network(config, options=True)
+    return config
+
+
+def _need(ok: bool, message: str, option_message: str | None = None, *, options: bool = False) -> None:
+    """Raise :class:`CheckpointError` unless ``ok``, with ``message`` (the reason, for a checkpoint's config), or with
+    ``option_message`` when the config comes from ``sda train``'s ``options`` (it names the option, says what to do)."""
+    if not ok:
+        raise CheckpointError(option_message if options and option_message is not None else message)
+
+
+def _either(names: Sequence[str]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def _check_sections(config: Any) -> None:
+    """A JSON object with a format version this sda reads, and ``model``, ``denoiser`` and ``schedule`` objects."""
+    _need(isinstance(config, dict), "metadata is not a JSON object")
     version = config.get("format")
-    if not _is_int(version) or version < 1:
-        raise CheckpointError("metadata has no format version")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format {version} is newer than this sda reads ({FORMAT_VERSION})")
+    _need(_is_int(version) and version >= 1, "metadata has no format version")
+    _need(version <= FORMAT_VERSION, f"checkpoint format {version} is newer than this sda reads ({FORMAT_VERSION})")
     for key in ("model", "denoiser", "schedule"):
-        if not isinstance(config.get(key), dict):
-            raise CheckpointError(f"metadata has no {key!r} section")
-    model = config["model"]
+        _need(isinstance(config.get(key), dict), f"metadata has no {key!r} section")
+
+
+def _check_model(model: dict[str, Any], options: bool) -> None:
+    """The limits of the U-Net's options, each defined once, with its message for a file and for ``sda train``."""
+    need = functools.partial(_need, options=options)
+    channels = model.get("channels")
+    need(_is_int(channels) and channels in (1, 3), "model channels must be 1 or 3", "--channels must be 1 or 3")
     widths = model.get("widths")
-    if not (isinstance(widths, list) and 1 <= len(widths) <= MAX_LEVELS):
-        raise CheckpointError(f"model widths are missing or not 1 to {MAX_LEVELS} levels")
-    if not all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in widths):
-        raise CheckpointError(f"model widths must be whole numbers from 1 to {MAX_WIDTH}")
-    if widths[0] % 2:  # the noise embedding has widths[0] features, half sines and half cosines
-        raise CheckpointError(f"the first model width must be even, not {widths[0]}")
+    example = f"--widths needs 1 to {MAX_LEVELS} widths between 1 and {MAX_WIDTH}, such as 64,128,192"
+    ok = isinstance(widths, list) and 1 <= len(widths) <= MAX_LEVELS
+    need(ok, f"model widths are missing or not 1 to {MAX_LEVELS} levels", example)
+    ok = all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in widths)
+    need(ok, f"model widths must be whole numbers from 1 to {MAX_WIDTH}", example)
+    first = widths[0]  # the noise embedding has widths[0] features, half sines and half cosines
+    need(
+        first % 2 == 0,
+        f"the first model width must be even, not {first}",
+        f"--widths must begin with an even width, not {first}, such as 64,128,192",
+    )
     blocks = model.get("blocks")
     counts = blocks if isinstance(blocks, list) and len(blocks) == len(widths) else [blocks]
-    if not all(_is_int(n) and 1 <= n <= MAX_BLOCKS for n in counts):
-        raise CheckpointError(f"model block count is missing or not 1 to {MAX_BLOCKS} (one, or one per level)")
-    if not (_is_int(model.get("channels")) and model["channels"] in (1, 3)):
-        raise CheckpointError("model channels must be 1 or 3")
+    need(
+        all(_is_int(n) and 1 <= n <= MAX_BLOCKS for n in counts),
+        f"model block count is missing or not 1 to {MAX_BLOCKS} (one, or one per level)",
+        f"--blocks needs one count, or one per level ({len(widths)}), each from 1 to {MAX_BLOCKS}",
+    )
     levels = model.get("attention_levels", [])
-    if not (isinstance(levels, list) and all(_is_int(level) and 0 <= level < MAX_LEVELS for level in levels)):
-        raise CheckpointError(f"model attention levels must be whole numbers from 0 to {MAX_LEVELS - 1}")
-    for key, limit in (("heads", MAX_HEADS), ("groups", MAX_WIDTH)):
-        if key in model and not (_is_int(model[key]) and 1 <= model[key] <= limit):
-            raise CheckpointError(f"model {key} must be a whole number from 1 to {limit}")
-    if "patch" in model and not (_is_int(model["patch"]) and 1 <= model["patch"] <= 16):
-        raise CheckpointError("model patch must be a whole number from 1 to 16")
+    need(
+        isinstance(levels, list) and all(_is_int(level) and 0 <= level < MAX_LEVELS for level in levels),
+        f"model attention levels must be whole numbers from 0 to {MAX_LEVELS - 1}",
+        f"--attention takes levels from 0 to {MAX_LEVELS - 1} (0 is the stem's resolution), or none",
+    )
+    for key, limit in (("heads", MAX_HEADS), ("groups", MAX_WIDTH)):  # no options of `sda train`
+        ok = key not in model or (_is_int(model[key]) and 1 <= model[key] <= limit)
+        need(ok, f"model {key} must be a whole number from 1 to {limit}")
+    ok = "patch" not in model or (_is_int(model["patch"]) and 1 <= model["patch"] <= MAX_PATCH)
+    need(ok, f"model patch must be a whole number from 1 to {MAX_PATCH}", f"--patch must be from 1 to {MAX_PATCH}")
+    need(
+        model.get("norm", "group") in NORMS, f"model norm must be {_either(NORMS)}", f"--norm must be {_either(NORMS)}"
+    )
     dropout = model.get("dropout", 0.0)
-    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise CheckpointError("model dropout must be a number in [0, 1)")
+    need(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "model dropout must be a number in [0, 1)")
+
+
+def _check_denoiser(denoiser: dict[str, Any], options: bool) -> None:
+    """The parametrisation is one of :data:`~sda_cli.denoiser.PARAMETRISATIONS`."""
+    ok = denoiser.get("parametrisation", "edm") in PARAMETRISATIONS
+    names = ", ".join(PARAMETRISATIONS)
+    _need(
+        ok,
+        f"denoiser parametrisation must be one of {names}",
+        f"--parametrisation must be one of {names}",
+        options=options,
+    )
+
+
+def _check_extras(config: dict[str, Any]) -> None:
+    """The schedule's numbers, the image size and channels, the training section and the calibration table."""
     for key, value in config["schedule"].items():
-        if key != "name" and not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise CheckpointError(f"schedule option {key!r} is not a finite number")
+        _need(
+            key == "name" or (isinstance(value, (int, float)) and math.isfinite(value)),
+            f"schedule option {key!r} is not a finite number",
+        )
     for key, limit in (("image_size", MAX_IMAGE_SIZE), ("channels", 3)):
-        if key in config and not (_is_int(config[key]) and 1 <= config[key] <= limit):
-            raise CheckpointError(f"{key} must be a whole number from 1 to {limit}")
-    if not isinstance(config.get("training", {}), dict):
-        raise CheckpointError("the 'training' section is not a JSON object")
+        _need(
+            key not in config or (_is_int(config[key]) and 1 <= config[key] <= limit),
+            f"{key} must be a whole number from 1 to {limit}",
+        )
+    _need(isinstance(config.get("training", {}), dict), "the 'training' section is not a JSON object")
     calibration = config.get("calibration", {})
     table = calibration.get("inflation", []) if isinstance(calibration, dict) else None
-    if not (
-        isinstance(table, list)
-        and all(
-            isinstance(pair, list)
-            and len(pair) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
-            and pair[0] > 0
-            and pair[1] > 0
-            for pair in table
-        )
-    ):
-        raise CheckpointError("the calibration's inflation must be a list of [sigma, factor] pairs of positive numbers")
+    _need(
+        isinstance(table, list) and all(_is_pair(pair) for pair in table),
+        "the calibration's inflation must be a list of [sigma, factor] pairs of positive numbers",
+    )
+
+
+def _is_pair(pair: Any) -> bool:
+    """A ``[sigma, factor]`` pair of the inflation table: two positive finite numbers."""
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+        and pair[0] > 0
+        and pair[1] > 0
+    )
+
+
+def _check_network(config: dict[str, Any], options: bool) -> None:
+    """Every section parses, the attention heads divide the widths that have attention, and the U-Net has at most
+    :data:`MAX_PARAMETERS` parameters (counted without allocating it)."""
     try:
-        unet = UNetConfig.from_dict(model)
+        unet = UNetConfig.from_dict(config["model"])
         DenoiserConfig.from_dict(config["denoiser"])
         make_schedule(config["schedule"])
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise CheckpointError(f"invalid config ({type(error).__name__}: {error})") from None
-    coarsest = {unet.widths[-1]} if len(widths) - 1 in unet.attention_levels else set()
-    attended = coarsest | {unet.widths[level] for level in unet.attention_levels if level < len(widths)}
-    if any(width % unet.heads for width in attended):
-        raise CheckpointError(f"model heads ({unet.heads}) do not divide the widths {sorted(attended)} with attention")
-    count = parameter_count(model)
-    if count > MAX_PARAMETERS:
-        raise CheckpointError(_too_large(count))
-    return config
+    attended = sorted({unet.widths[level] for level in unet.attention_levels if level < len(unet.widths)})
+    _need(
+        all(width % unet.heads == 0 for width in attended),
+        f"model heads ({unet.heads}) do not divide the widths {attended} with attention",
+        f"the widths {attended} of the levels with attention must be multiples of {unet.heads} (the attention heads); "
+        "change --widths or --attention",
+        options=options,
+    )
+    count = parameter_count(config["model"])
+    _need(
+        count <= MAX_PARAMETERS,
+        _too_large(count),
+        f"{_too_large(count)}; change --widths, --blocks or --attention",
+        options=options,
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -291,11 +417,12 @@ def _write(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any])
         raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}); {advice}") from None
 
 
-def load_model(
+def read_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", precision: torch.dtype | None = None
 ) -> tuple[Denoiser, dict[str, Any]]:
-    """Rebuild a denoiser from a model file alone: config from the metadata, then the weights; channels-last, in
-    eval mode, its network evaluated under autocast to ``precision`` (``None``: float32)."""
+    """Rebuild a denoiser and its config from a model file alone: config from the metadata, then the weights;
+    channels-last, in eval mode, its network evaluated under autocast to ``precision`` (``None``: float32). What users
+    call is :func:`sda_cli.models.load_model` (a shipped name or a path, a device name, a precision name)."""
     path = Path(path)
     config, tensors = _read(path, with_tensors=True)
     denoiser = build_denoiser(config, precision)

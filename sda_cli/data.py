@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,12 @@ import torchvision
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from sda_cli.images import PICTURE_EXTENSIONS, to_model
+
 __all__ = [
-    "IMAGE_SUFFIXES",
     "DataError",
     "Dataset",
+    "check_options",
     "cifar10",
     "cifar_mosaics",
     "default_cifar_dirs",
@@ -42,7 +45,10 @@ __all__ = [
     "photo_folder",
 ]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+DOWNLOAD_TIMEOUT = 60.0
+"""Seconds without an answer before a CIFAR-10 download gives up."""
 
 
 class DataError(ValueError):
@@ -93,7 +99,7 @@ class Dataset:
                 window = image[:, top : top + side, left : left + side].rot90(turn % 4, (1, 2))
                 windows.append(window.flip(-1) if turn >= 4 else window)
             x = torch.stack(windows).float()
-        return x.div_(127.5).sub_(1.0)
+        return to_model(x.div_(255))
 
 
 class _LocalCIFAR10(torchvision.datasets.CIFAR10):
@@ -128,6 +134,8 @@ def cifar10(data_dir: Path | None = None, train: bool = True, download: bool = T
     root = next((d for d in candidates if _has_cifar(d)), None)
     if root is None and download:
         root = candidates[0] if data_dir is not None else candidates[-1]
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's download sets none: it could wait for ever
         try:
             torchvision.datasets.CIFAR10(str(root), train=train, download=True)
         except Exception as error:
@@ -136,6 +144,8 @@ def cifar10(data_dir: Path | None = None, train: bool = True, download: bool = T
                 f"CIFAR-10 not found in {where} and the download failed ({type(error).__name__}); "
                 "pass --data-dir DIR where DIR holds cifar-10-batches-py/"
             ) from None
+        finally:
+            socket.setdefaulttimeout(timeout)
     if root is None:
         where = ", ".join(str(d) for d in candidates)
         raise DataError(f"CIFAR-10 not found in {where}; pass --data-dir DIR where DIR holds cifar-10-batches-py/")
@@ -198,10 +208,10 @@ def _image_files(folder: Path) -> list[Path]:
     files = sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in PICTURE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     )
     if not files:
-        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        suffixes = " ".join(sorted(PICTURE_EXTENSIONS))
         raise DataError(f"{folder}: no images found (looked for {suffixes}); pass a folder that holds images")
     return files
 
@@ -271,6 +281,20 @@ def _with_mosaics(photos: Dataset, cifar: Dataset, share: float) -> Dataset:
     return Dataset([*photos.images, *mosaics], name, photos.skipped, photos.crop)
 
 
+def check_options(
+    dataset: str, size: int, channels: int, crop: int | None, half_scale: bool, mix_cifar: float
+) -> None:
+    """Refuse options of :func:`load_dataset` that do not go together (``ValueError``, one line naming the options)."""
+    if (half_scale or mix_cifar) and crop is None:
+        raise ValueError("--half-scale and --mix-cifar need --crop: they add images to the random crops")
+    if not 0.0 <= mix_cifar < 1.0:
+        raise ValueError(f"--mix-cifar is a share of the crops, from 0 up to but not 1; got {mix_cifar:g}")
+    if channels not in (1, 3):
+        raise ValueError("--channels must be 1 or 3")
+    if dataset.lower() == "cifar10" and (size != 32 or channels != 3 or crop is not None):
+        raise ValueError("CIFAR-10 images are 32x32 RGB; use --image-size 32 and --channels 3, and no --crop, with it")
+
+
 def load_dataset(
     dataset: str,
     data_dir: Path | None,
@@ -284,15 +308,8 @@ def load_dataset(
     """``cifar10`` or a folder path, as the ``--dataset`` option takes it; ``crop``: random windows of full-size
     photos instead of whole resized images (``half_scale``: of the photos downscaled by 2 as well; ``mix_cifar``:
     that share of the images are mosaics of CIFAR-10 from ``data_dir``, :func:`cifar_mosaics`)."""
-    if (half_scale or mix_cifar) and crop is None:
-        raise DataError("--half-scale and --mix-cifar need --crop: they add images to the random crops")
-    if not 0.0 <= mix_cifar < 1.0:
-        raise DataError(f"--mix-cifar is a share of the crops, from 0 up to but not 1; got {mix_cifar:g}")
+    check_options(dataset, size, channels, crop, half_scale, mix_cifar)
     if dataset.lower() == "cifar10":
-        if size != 32 or channels != 3 or crop is not None:
-            raise DataError(
-                "CIFAR-10 images are 32x32 RGB; use --image-size 32 and --channels 3, and no --crop, with it"
-            )
         return cifar10(data_dir, download=download)
     if crop is not None:
         photos = photo_folder(Path(dataset), crop, channels, half_scale)

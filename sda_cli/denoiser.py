@@ -35,6 +35,7 @@ Training noise levels: :math:`\log \rho \sim \mathcal{N}(P_\text{mean}, P_\text{
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,7 +44,15 @@ from torch import Tensor, nn
 
 from sda_cli.schedule import Schedule
 
-__all__ = ["PARAMETRISATIONS", "PRECISIONS", "Denoiser", "DenoiserConfig", "autocast_dtype", "cpu_has_native_bf16"]
+__all__ = [
+    "PARAMETRISATIONS",
+    "PRECISIONS",
+    "Denoiser",
+    "DenoiserConfig",
+    "JacobianProducts",
+    "autocast_dtype",
+    "cpu_has_native_bf16",
+]
 
 PARAMETRISATIONS = ("edm", "v", "eps")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -108,7 +117,39 @@ def _expand(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-class Denoiser(nn.Module):
+class JacobianProducts:
+    r"""Products with the Jacobian :math:`J = \partial \hat{x} / \partial x_t` of a denoiser, by autograd.
+
+    The guidance methods need :math:`J^\top v` (:mod:`sda_cli.guidance`): :meth:`mean_and_vjp` gives
+    :math:`\hat{x}` and one product in one forward and one backward pass; :meth:`linearise` keeps the forward pass for
+    several products at one point. A denoiser that evaluates its network in tiles (:class:`sda_cli.tiles.TiledDenoiser`)
+    overrides both to keep memory bounded.
+    """
+
+    __call__: Callable[..., Tensor]
+
+    def mean_and_vjp(self, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        r""":math:`\hat{x}(x_t, t)` and :math:`J^\top v` with :math:`v` = ``cotangent(x_hat)``."""
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            x_hat = self(x, t)
+            (gradient,) = torch.autograd.grad(x_hat, x, cotangent(x_hat.detach()))
+        return x_hat.detach(), gradient
+
+    def linearise(self, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        r""":math:`\hat{x}(x_t, t)` and the map :math:`v \mapsto J^\top v`, one forward pass kept for all products."""
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            x_hat = self(x, t)
+
+        def vjp(v: Tensor) -> Tensor:
+            (gradient,) = torch.autograd.grad(x_hat, x, v, retain_graph=True)
+            return gradient
+
+        return x_hat.detach(), vjp
+
+
+class Denoiser(JacobianProducts, nn.Module):
     """:math:`\\hat{x}(x_t, t)` from a backbone :math:`F(z, c)` and a schedule."""
 
     def __init__(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from sda_cli.denoiser import Denoiser
+from sda_cli.images import to_pixels
 from sda_cli.sampler import DEFAULT_STEPS, make_sampler, prior_noise
 from sda_cli.seeds import seeded_generator
 
@@ -50,7 +51,7 @@ def sample(
     for start in range(0, n, batch_size):
         shape = (min(batch_size, n - start), channels, side, side)
         x = prior_noise(model.schedule, shape, generator=generator, device=device)
-        chunks.append(((solver(x, 1.0, 0.0, count) + 1) / 2).clamp(0, 1))
+        chunks.append(to_pixels(solver(x, 1.0, 0.0, count)).clamp(0, 1))
         if progress is not None:
             progress(start + shape[0])
     return torch.cat(chunks)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sda_cli.checkpoint import check_config, load_model, save_model
+from sda_cli.checkpoint import check_config, read_checkpoint, save_model
 from sda_cli.unet import Block, UNet, UNetConfig
 
 __all__ = ["grow_blocks"]
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:
         parser.error(f"--blocks takes comma-separated whole numbers such as 2,2,1,1, not {args.blocks!r}")
     try:
-        denoiser, config = load_model(args.small)
+        denoiser, config = read_checkpoint(args.small)
         denoiser.backbone = grow_blocks(denoiser.backbone, blocks, args.seed)
         grown_config = {**config, "model": {**config["model"], "blocks": list(blocks)}}
         check_config(grown_config)

@@ -42,6 +42,7 @@ from sda_cli.atomic import atomic_path, write_failure
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "PICTURE_EXTENSIONS",
     "WRITE_EXTENSIONS",
     "ImageError",
     "LoadedImage",
@@ -57,10 +58,13 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 89_478_485
 """Largest width × height read by default (Pillow's own guard against decompression bombs)."""
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".npy"}
+PICTURE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
 )
-"""File name suffixes (lower case) that :func:`image_files` picks up inside folders."""
+"""File name suffixes (lower case) of the picture formats Pillow decodes: what training folders are searched for."""
+
+IMAGE_EXTENSIONS = PICTURE_EXTENSIONS | {".npy"}
+"""File name suffixes (lower case) that :func:`image_files` picks up inside folders: the pictures and float arrays."""
 
 _FORMATS = {
     ".png": "PNG",

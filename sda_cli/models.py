@@ -10,13 +10,24 @@ from pathlib import Path
 
 import torch
 
-from sda_cli.checkpoint import CheckpointError
-from sda_cli.checkpoint import load_model as load_checkpoint
+from sda_cli.checkpoint import CheckpointError, read_checkpoint
 from sda_cli.denoiser import Denoiser, autocast_dtype
 
 __all__ = ["CHECKPOINTS", "SHIPPED", "flops_per_pixel", "load_model", "pick_device", "resolve_model"]
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+
+def _shipped_folder() -> Path:
+    """The folder of the shipped models: ``sda_cli/checkpoints/`` in an installed wheel (pyproject.toml maps the
+    repository's ``checkpoints/`` there), else the source tree's ``checkpoints/``: an editable install (setuptools'
+    editable finder does not serve that mapped folder) or a checkout, whose ``sda_cli/`` has no such folder."""
+    package = Path(__file__).resolve().parent
+    installed = package / "checkpoints"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
+
+
+CHECKPOINTS = _shipped_folder()
+"""Where the shipped models are, whatever the working directory: see :func:`_shipped_folder`."""
+
 SHIPPED: dict[str, str] = {
     "photo": "natural colour photos (BSDS500 and CIFAR-10 mosaics), for large images: the default of sda denoise",
     "cifar10": "CIFAR-10 32×32 thumbnails: the default of sda sample and sda restore",
@@ -77,5 +88,5 @@ def load_model(
     ``precision`` (``auto``: bf16 where the hardware computes it natively, float32 elsewhere; ``bf16``, ``fp16``,
     ``fp32``)."""
     torch_device = pick_device(device)
-    denoiser, _ = load_checkpoint(resolve_model(model), torch_device, autocast_dtype(precision, torch_device))
+    denoiser, _ = read_checkpoint(resolve_model(model), torch_device, autocast_dtype(precision, torch_device))
     return denoiser

@@ -30,6 +30,9 @@ the input, and one batch of tiles of at most ``batch_pixels`` pixels (tiles × h
 in and out of ``fn``, whatever the image size. The weights are separable, so the normaliser is two vectors, not a
 third image-sized buffer. Meant for inference: the accumulation is in place.
 
+:class:`TiledDenoiser` evaluates a denoiser this way, at most :data:`PIXELS_PER_CALL` pixels per network call, and
+gives the products with its Jacobian tile by tile too; :func:`default_tile` picks the tile for a network.
+
 Reference:
     Allen & Rabiner, "A unified approach to short-time Fourier analysis and synthesis", Proc. IEEE 65(11), 1977.
 """
@@ -42,7 +45,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["map_tiles", "map_tiles_vjp", "tile_starts", "tile_weights"]
+from sda_cli.denoiser import Denoiser, JacobianProducts
+from sda_cli.sampler import DenoiserLike
+
+__all__ = [
+    "BACKWARD_FACTOR",
+    "LOCAL_TILE",
+    "PIXELS_PER_CALL",
+    "TILE",
+    "TiledDenoiser",
+    "default_tile",
+    "map_tiles",
+    "map_tiles_vjp",
+    "tile_starts",
+    "tile_weights",
+]
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -188,3 +205,112 @@ def map_tiles_vjp(
         for k, (b, r, c, _, _) in enumerate(crops):
             gradient[b, :, r : r + rows, c : c + cols] += tile_gradient[k]
     return gradient
+
+
+PIXELS_PER_CALL = 1 << 16
+"""Pixels (N·h·w) per network call: 64 CIFAR images or 16 tiles of 64². Chosen over 2¹⁷ by measurement
+(``benchmarks/RESULTS.md``)."""
+
+BACKWARD_FACTOR = 4
+"""``sda``'s backward pass holds about 4× the activations of a forward pass: its calls take 1/4 of the pixels."""
+
+TILE = 64
+"""Default tile side of a network that sees its whole input (group norm, attention): images larger than this are
+evaluated in overlapping tiles."""
+
+LOCAL_TILE = 512
+"""Default tile side of a local network (no norm, no attention; ``sda_cli.unet``): a tile gives the output of the
+whole image away from its edges, so large tiles with a narrow overlap (1/16 of the side) lose nothing and spend
+little on overlaps (``benchmarks/RESULTS.md``, photo model)."""
+
+
+def default_tile(model: Denoiser, tile: int | None = None) -> tuple[int, int]:
+    """The tile side and overlap: a given ``tile`` with 1/8 of it as overlap; with none, :data:`LOCAL_TILE` and 1/16
+    of it for a local network, else :data:`TILE` and 1/8 of it."""
+    if tile is not None:
+        return tile, tile // 8
+    config = model.backbone.config
+    local = getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
+    return (LOCAL_TILE, LOCAL_TILE // 16) if local else (TILE, TILE // 8)
+
+
+class TiledDenoiser(JacobianProducts):
+    r"""A denoiser whose network runs on at most ``batch_pixels`` pixels per call.
+
+    Images larger than ``tile`` are evaluated in overlapping tiles blended by a raised-cosine crossfade
+    (:func:`sda_cli.tiles.map_tiles`); batches of small images in chunks. The caller's state stays whole, so a
+    sampler draws one noise field per image and its draws have no seams: only :math:`\hat{x}` is stitched.
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserLike,
+        tile: int,
+        overlap: int,
+        batch_pixels: int,
+        on_tiles: Callable[[int], None] | None = None,
+    ) -> None:
+        self.denoiser, self.tile, self.overlap, self.batch_pixels = denoiser, tile, overlap, batch_pixels
+        self.schedule = denoiser.schedule
+        self.on_tiles = on_tiles
+        """Called after each network call with the number of tiles (or small images) it evaluated."""
+
+    def tiles_per_image(self, height: int, width: int) -> int:
+        """Tiles in one evaluation of an image of this size (1 when it is not tiled)."""
+        return len(tile_starts(height, self.tile, self.overlap)) * len(tile_starts(width, self.tile, self.overlap))
+
+    def _network(self, t: float) -> Callable[[Tensor], Tensor]:
+        def network(z: Tensor) -> Tensor:
+            out = self.denoiser(z, t)
+            if self.on_tiles is not None:
+                self.on_tiles(z.shape[0])
+            return out
+
+        return network
+
+    def _chunks(self, x: Tensor) -> list[slice]:
+        per_call = max(1, self.batch_pixels // (x.shape[-2] * x.shape[-1]))
+        return [slice(i, i + per_call) for i in range(0, x.shape[0], per_call)]
+
+    def _small(self, x: Tensor) -> bool:
+        return x.shape[-2] <= self.tile and x.shape[-1] <= self.tile
+
+    def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
+        network = self._network(t)
+        with torch.no_grad():
+            if self._small(x_t):
+                return torch.cat([network(x_t[part]) for part in self._chunks(x_t)])
+            return map_tiles(network, x_t, self.tile, self.overlap, batch_pixels=self.batch_pixels)
+
+    def linearise(self, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        r""":math:`\hat{x}` and the map :math:`v \mapsto J^\top v` for several products at one point: the forward
+        pass is kept for all of them when the input fits one call, else each product runs tile by tile."""
+        if self._small(x_t) and len(self._chunks(x_t)) == 1:
+            network = self._network(t)
+            with torch.enable_grad():
+                x = x_t.detach().requires_grad_(True)
+                x_hat = network(x)
+
+            def kept(v: Tensor) -> Tensor:
+                (gradient,) = torch.autograd.grad(x_hat, x, v, retain_graph=True)
+                return gradient
+
+            return x_hat.detach(), kept
+        return self(x_t, t), lambda v: self.mean_and_vjp(x_t, t, lambda _: v)[1]
+
+    def mean_and_vjp(self, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        r""":math:`\hat{x}` and :math:`J^\top v`, :math:`v` = ``cotangent(x_hat)``: in one pass when it fits one
+        call, else a pass for :math:`\hat{x}` and a second, tile by tile, for the product (memory stays bounded)."""
+        network = self._network(t)
+        if self._small(x_t) and len(self._chunks(x_t)) == 1:
+            with torch.enable_grad():
+                x = x_t.detach().requires_grad_(True)
+                x_hat = network(x)
+                (gradient,) = torch.autograd.grad(x_hat, x, cotangent(x_hat.detach()))
+            return x_hat.detach(), gradient
+        x_hat = self(x_t, t)
+        v = cotangent(x_hat)
+        if self._small(x_t):
+            parts = [map_tiles_vjp(network, x_t[part], v[part], self.tile) for part in self._chunks(x_t)]
+            return x_hat, torch.cat(parts)
+        return x_hat, map_tiles_vjp(network, x_t, v, self.tile, self.overlap, batch_pixels=self.batch_pixels)

@@ -112,7 +112,7 @@ def test_a_bad_clipped_value_is_a_usage_error(tmp_path: Path, tiny_model: Path) 
     result = sda("denoise", tmp_path / "noisy.npy", "--sigma", "0.1", "--model", tiny_model, "--clipped", "maybe",
                  "-o", tmp_path / "out.npy")  # fmt: skip
     assert result.returncode == 2
-    assert "--clipped must be auto, on or off" in result.stderr and "Traceback" not in result.stderr
+    assert "clipped must be auto, on or off" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_local_mean_is_the_gaussian_filter_with_nearest_border() -> None:

@@ -25,7 +25,7 @@ def test_cifar10_absent_without_network_says_where_it_looked(tmp_path: Path) -> 
 
 
 def test_cifar10_rejects_other_sizes(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="32x32"):
+    with pytest.raises(ValueError, match="32x32"):
         load_dataset("cifar10", tmp_path, 64, 3)
 
 

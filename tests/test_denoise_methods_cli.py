@@ -67,14 +67,14 @@ def test_std_of_a_grey_image_is_grey(tmp_path: Path, tiny_model: Path, image_dir
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--std", "{tmp}/s.png"], "--std needs at least 2 draws"),
-        (["--method", "posterior", "--std", "{tmp}/s.png"], "--std needs at least 2 draws"),
-        (["--samples", "4"], "--samples needs a sampling method"),
-        (["--method", "ddpm"], "--method must be one of mmse, posterior, mean, langevin, guided, sda"),
-        (["--method", "langevin", "--step-size", "2"], "--step-size must lie in (0, 2)"),
-        (["--method", "guided", "--t-start", "0"], "--t-start must lie in (0, 1]"),
-        (["--method", "mean", "--std", "{tmp}/noisy.png"], "would overwrite an input; choose another --std path"),
-        (["--method", "mean", "--std", "{tmp}/out.png", "--force"], "is also the denoised output"),
+        (["--std", "{tmp}/s.png"], "(--std) needs 2 draws"),
+        (["--method", "posterior", "--std", "{tmp}/s.png"], "(--std) needs 2 draws"),
+        (["--samples", "4"], "samples needs a sampling method: mmse is one estimate"),
+        (["--method", "ddpm"], "unknown method 'ddpm'; expected one of mmse, posterior, mean, pnp"),
+        (["--method", "langevin", "--step-size", "2"], "step_size must lie in (0, 2)"),
+        (["--method", "guided", "--t-start", "0"], "t_start must lie in (0, 1]"),
+        (["--method", "mean", "--std", "{tmp}/noisy.png"], "would overwrite an input; choose another path"),
+        (["--method", "mean", "--std", "{tmp}/out.png", "--force"], "is also the main output"),
     ],
 )
 def test_bad_method_options_get_one_line(

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 import sda_cli.checkpoint
 import sda_cli.images
-from sda_cli.checkpoint import CheckpointError, load_model, parameter_count, read_metadata, save_model
+from sda_cli.checkpoint import CheckpointError, parameter_count, read_checkpoint, read_metadata, save_model
 from sda_cli.images import ImageError, read_image, write_image
 from sda_cli.unet import UNet, UNetConfig
 
@@ -340,7 +340,7 @@ def test_full_disk_keeps_the_old_checkpoint_and_no_temporary(
 ) -> None:
     target = tmp_path / "m.safetensors"
     shutil.copy(tiny_model, target)
-    denoiser, config = load_model(target)
+    denoiser, config = read_checkpoint(target)
     monkeypatch.setattr(sda_cli.checkpoint, "save_file", _no_space)
     with pytest.raises(CheckpointError, match="no space left on the device") as info:
         save_model(target, denoiser, config)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sda_cli.checkpoint import CheckpointError, check_config, load_model
+from sda_cli.checkpoint import CheckpointError, check_config, read_checkpoint
 from sda_cli.grow import grow_blocks, main
 from sda_cli.unet import UNet, UNetConfig
 
@@ -66,10 +66,10 @@ def test_block_counts_per_level_are_checked() -> None:
 
 def test_grow_command_writes_a_model_with_the_same_output(tiny_model, tmp_path) -> None:
     grown_file = tmp_path / "grown.safetensors"
-    small, config = load_model(tiny_model)
+    small, config = read_checkpoint(tiny_model)
     counts = tuple(n + 1 for n in small.backbone.config.level_blocks)
     main([str(tiny_model), str(grown_file), "--blocks", ",".join(map(str, counts))])
-    grown, grown_config = load_model(grown_file)
+    grown, grown_config = read_checkpoint(grown_file)
     assert grown_config["model"]["blocks"] == list(counts)
     assert grown_config["denoiser"] == config["denoiser"]
     z, c = torch.randn(1, 3, 32, 32), torch.tensor([0.3])

@@ -28,6 +28,7 @@ from sda_cli.guidance import (
     matched_time,
     sda_likelihood_score,
 )
+from sda_cli.operators import Kernel, operator_matrix
 from sda_cli.sampler import make_sampler, time_grid
 from sda_cli.schedule import CosineSchedule, Schedule, VESchedule
 
@@ -412,6 +413,16 @@ def mask_matrix() -> Tensor:
     return EYE[MASK]
 
 
+SKEWED = Kernel([[0.1], [0.6], [0.3]])
+"""A 3 x 1 kernel with its weights off the centre, applied down the D values of images ``(N, 1, D, 1)`` (symmetric
+boundaries): its matrix is not symmetric, unlike the identity's and the mask's A A^T = I, so that an A used where
+A^T belongs would change the numbers."""
+
+
+def kernel_matrix() -> Tensor:
+    return operator_matrix(SKEWED, (1, DIM, 1))
+
+
 def mask(x: Tensor) -> Tensor:
     """Keep coordinates MASK of images ``(N, 1, D, 1)``."""
     return x[:, :, MASK]
@@ -518,12 +529,14 @@ def sda_law(
     return h_matrix @ mean + h, h_matrix @ cov @ h_matrix.T
 
 
-@pytest.mark.parametrize("observed", ["identity", "mask"])
+@pytest.mark.parametrize("observed", ["identity", "mask", "kernel"])
 def test_sda_has_the_predicted_law(observed: str) -> None:
     """A short run (32 steps, 2 fixed-step corrections) has exactly the law of the recursion: the sampler, the
-    likelihood score through autograd and the operator are what the equations say."""
+    likelihood score through autograd and the operator are what the equations say, also for an operator whose
+    matrix is not symmetric (the off-centre kernel)."""
     oracle, sigma_y = gaussian(), 0.4
-    a, operator = (EYE, None) if observed == "identity" else (mask_matrix(), mask)
+    operators = {"identity": (EYE, None), "mask": (mask_matrix(), mask), "kernel": (kernel_matrix(), SKEWED)}
+    a, operator = operators[observed]
     _, y_full = observe(oracle, 1, sigma_y, seed=20)
     y = operator(y_full) if operator else y_full
     options = {"steps": 32, "corrections": 2, "tau": 0.3, "gamma": 0.1}
@@ -608,7 +621,7 @@ def test_sda_is_seeded_and_checks_its_arguments() -> None:
     with torch.no_grad():  # the likelihood score takes its own gradients
         inside = sda(oracle, y, sigma_y, steps=4, samples=2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(inside, runs[0])
-    with pytest.raises(ValueError, match="sigma_y"):
+    with pytest.raises(ValueError, match="cannot take a noise-free observation"):
         sda(oracle, y, 0.0)
     with pytest.raises(ValueError, match="gamma"):
         sda(oracle, y, sigma_y, gamma=-1.0)

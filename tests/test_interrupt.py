@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sda_cli.checkpoint import CheckpointError, file_version, load_model, load_state, read_metadata
+from sda_cli.checkpoint import CheckpointError, file_version, load_state, read_checkpoint, read_metadata
 from sda_cli.train import state_path_for
 
 TINY = ["--image-size", "16", "--widths", "16,32", "--blocks", "1", "--attention", "1", "--batch-size", "4"]
@@ -73,7 +73,7 @@ def wait_for_step(process: subprocess.Popen[str], out: Path, above: int, timeout
 
 def checkpoint_steps(out: Path) -> tuple[int, int]:
     """Load the model file and the state file (both must load); their steps."""
-    _, config = load_model(out)
+    _, config = read_checkpoint(out)
     tensors, metadata = load_state(state_path_for(out))
     assert any(name.startswith("optim.") for name in tensors)
     return config["training"]["step"], metadata["step"]

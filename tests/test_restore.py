@@ -21,8 +21,8 @@ from scipy.stats import norm
 from torch import Tensor, nn
 
 from sda_cli import denoise, load_model, sample
-from sda_cli.restore import TiledDenoiser
 from sda_cli.schedule import CosineSchedule
+from sda_cli.tiles import TiledDenoiser
 
 LEVEL = 1e-4
 Z = float(norm.isf(LEVEL / 2))

@@ -19,9 +19,13 @@ from test_cli import ok, sda
 from test_restore import IndependentPixels
 
 from sda_cli import denoise, load_model, restore
+from sda_cli.guidance import METHODS
 from sda_cli.operators import Blur, make_operator
-from sda_cli.restore import RESTORE_METHODS, SAMPLING_METHODS, _model_units
+from sda_cli.restore import model_units
 from sda_cli.seeds import seeded_generator
+
+RESTORE_METHODS = [name for name, kind in METHODS.items() if not kind.identity_only]
+SAMPLING_METHODS = [name for name in RESTORE_METHODS if METHODS[name].draws]
 
 FAST = ["--steps", "2"]
 
@@ -138,7 +142,7 @@ def test_pnp_is_one_estimate(tmp_path: Path, tiny_model: Path) -> None:
     for extra in (["--samples", "2"], ["--samples", "2", "--std", tmp_path / "std.npy"]):
         result = sda("restore", tmp_path / "obs.npy", *operator, *extra, "--model", tiny_model,
                          "-o", tmp_path / "draws.npy")  # fmt: skip
-        assert result.returncode == 2 and "need a sampling method: pnp is one estimate" in result.stderr
+        assert result.returncode == 2 and "samples needs a sampling method: pnp is one estimate" in result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "draws.npy").exists() and not (tmp_path / "std.npy").exists()
 
@@ -192,9 +196,9 @@ def test_noise_free_observations() -> None:
     mask[:, :4] = 0
     observed = pixels * mask
     observed[0, 0, 0, 6] = 0.0  # an observed pixel clipped at 0
-    y = _model_units(observed, 0.2, make_operator(mask=mask), (1, 8, 8), 2 / 255)
+    y = model_units(observed, 0.2, make_operator(mask=mask), (1, 8, 8), 2 / 255)
     assert bool((y[..., :4] == 0).all()) and float(y[0, 0, 0, 6]) < -1
-    unchanged = _model_units(observed, 0.0, make_operator(mask=mask), (1, 8, 8), 2 / 255)
+    unchanged = model_units(observed, 0.0, make_operator(mask=mask), (1, 8, 8), 2 / 255)
     assert float(unchanged[0, 0, 0, 6]) == -1
 
 
@@ -260,9 +264,10 @@ def test_bad_inputs_get_one_line_and_write_nothing(
     ("args", "message"),
     [
         (["degrade", "odd.png", "--scale", "2"], "odd.png: the image is 15×16 pixels, not a multiple of the scale 2"),
-        (["restore", "in.png", "--method", "sda"], "--method sda cannot take --sigma 0"),
-        (["restore", "in.png", "--method", "mmse"], "--method must be one of pnp, mmps, dps, diffpir, sda"),
-        (["restore", "in.png", "--method", "mmps", "--samples", "1", "--std", "s.png"], "--std needs at least 2 draws"),
+        (["restore", "in.png", "--method", "sda"], "method sda cannot take a noise-free observation (sigma 0)"),
+        (["restore", "in.png", "--method", "mmse"], "method mmse cannot take a noise-free observation"),
+        (["restore", "in.png", "--scale", "2", "--sigma", "0.1", "--method", "mean"], "method mean denoises only"),
+        (["restore", "in.png", "--method", "mmps", "--samples", "1", "--std", "s.png"], "(--std) needs 2 draws"),
     ],
 )
 def test_bad_sizes_and_options_get_one_line(args: list[str], message: str, tmp_path: Path, image_dir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,11 +20,14 @@ from oracle import (
     MixtureDenoiser,
     assert_gaussian,
     coefficients,
+    random_covariance,
     random_gaussian,
 )
 from scipy.stats import norm
-from torch import Tensor
+from torch import Tensor, nn
 
+from sda_cli.generate import DEFAULT_SAMPLER
+from sda_cli.generate import sample as generate_sample
 from sda_cli.sampler import (
     DEFAULT_STEPS,
     PC,
@@ -245,6 +249,88 @@ def test_deterministic_samplers_see_the_schedule_only_through_the_noise_ratio(na
         outputs.append(sample(oracle, images(alpha_of(schedule, t_start) * z), t_start, 0.0, 12, name))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-8, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What ``sda sample`` runs: sda_cli.generate.sample with its defaults (Heun, DEFAULT_STEPS["heun"] = 32 steps)
+
+
+class PixelModel(nn.Module):
+    """The exact denoiser of ``channels x side x side`` images whose values are N(mean, cov) in model units, as a
+    model ``sda_cli.generate.sample`` takes (a schedule, a training size, a backbone's channel count, parameters
+    that say the device); evaluated in float64, returned in the caller's dtype."""
+
+    def __init__(self, oracle: GaussianDenoiser, channels: int, side: int) -> None:
+        super().__init__()
+        self.oracle, self.schedule, self.image_size = oracle, oracle.schedule, side
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.backbone = SimpleNamespace(config=SimpleNamespace(channels=channels))
+
+    def forward(self, x_t: Tensor, t: float) -> Tensor:
+        return self.oracle(x_t.double(), t).to(x_t.dtype)
+
+
+SAMPLE_SHAPE = (3, 2, 2)  # 3 colours, 2 x 2 pixels: D = 12
+
+
+def sample_oracle() -> GaussianDenoiser:
+    """N(mu, Sigma) on 3 x 2 x 2 images in model units: mean 0.2 N(0, 1) per value, eigenvalues 1e-3 to 0.02 (pixel
+    standard deviations 0.016 to 0.07): no draw comes within 6 standard deviations of the clamp at [0, 1] pixels."""
+    generator = torch.Generator().manual_seed(0)
+    dim = math.prod(SAMPLE_SHAPE)
+    mean = 0.2 * torch.randn(dim, generator=generator, dtype=F64)
+    return GaussianDenoiser(mean, random_covariance(dim, generator, 1e-3, 0.02), CosineSchedule())
+
+
+def default_sample_draws(n: int) -> Tensor:
+    """``n`` images from ``sda_cli.generate.sample`` with every default (the sampler, its steps, the batch size),
+    seed 1, back in model units ``(n, D)``; checked to be strictly inside (0, 1) in pixels, so nothing was clamped."""
+    pixels = generate_sample(PixelModel(sample_oracle(), SAMPLE_SHAPE[0], SAMPLE_SHAPE[1]), n, seed=1)
+    assert pixels.shape == (n, *SAMPLE_SHAPE)
+    assert 0 < float(pixels.min()) and float(pixels.max()) < 1
+    return (2 * pixels.double() - 1).flatten(1)
+
+
+def default_sampler_law(oracle: GaussianDenoiser) -> tuple[Tensor, Tensor]:
+    """The exact law of the default sampler's output from x_1 ~ N(0, sigma_1^2 I) (``prior_noise``): Heun is
+    deterministic and, on Gaussian data, affine in its start, x_0 = B x_1 + c, read off from D + 1 runs; so x_0 ~
+    N(c, sigma_1^2 B B^T)."""
+    dim = oracle.dim
+    points = torch.cat([torch.zeros(1, dim, dtype=F64), torch.eye(dim, dtype=F64)]).reshape(dim + 1, *SAMPLE_SHAPE)
+    solver = make_sampler(DEFAULT_SAMPLER, oracle)  # type: ignore[arg-type]
+    out = solver(points, 1.0, 0.0, DEFAULT_STEPS[DEFAULT_SAMPLER]).flatten(1)
+    offset, linear = out[0], (out[1:] - out[0]).T
+    sigma_1 = float(oracle.schedule.alpha_sigma(torch.tensor(1.0, dtype=F64))[1])
+    return offset, sigma_1**2 * linear @ linear.T
+
+
+def test_sda_sample_defaults_draw_their_exact_law() -> None:
+    """4000 images of ``sda sample``'s code path with all its defaults pass the chi-square tests (mean, two-sided
+    variance, covariance; level 1e-4 each) against the exact law of the default sampler (``default_sampler_law``).
+    This checks the path around the sampler: the start's scale sigma_1, the seeded noise, the batches of 64, the
+    units (pixels (x + 1) / 2) and the final Tweedie step; draws scaled by 0.9 or 1.1 about their mean fail (the
+    variance statistic resolves 1.3% at N D = 48,000 values). The law itself is not the data's: see the next test."""
+    oracle = sample_oracle()
+    x = default_sample_draws(4000)
+    assert_gaussian(x, *default_sampler_law(oracle), LEVEL, what=f"sda sample ({DEFAULT_SAMPLER}) against its law")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the default sampler (Heun, 32 steps) widens every direction's variance by 11.5-18.4% on this Gaussian "
+    "(exact law; 15% on average, the draws' whitened mean square 1.149); Heun at 64 steps 2.6-4.0%, at 128 0.6-0.9%",
+)
+def test_sda_sample_defaults_draw_the_data_gaussian() -> None:
+    """The truth that ``sda sample`` promises: with the exact denoiser of N(mu, Sigma), 4000 images drawn with every
+    default follow N(mu, Sigma) (chi-square tests of mean, two-sided variance and covariance at level 1e-4 each).
+
+    They do not: Heun's 32 steps leave the variance 11.5-18.4% too large in every eigen-direction (exact, from
+    ``default_sampler_law``), 23 standard deviations of the variance statistic at this size. Marked as an expected
+    failure (strict: it fails the suite once it passes) until the default steps or sampler change; the exact law at
+    64 steps is 2.6-4.0% wide, at 128 steps 0.6-0.9%."""
+    oracle = sample_oracle()
+    assert_gaussian(default_sample_draws(4000), oracle.mean, oracle.cov, LEVEL, what="sda sample's defaults")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -9,9 +11,21 @@ import torch
 from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
-from sda_cli.checkpoint import load_model, read_metadata
+from sda_cli.checkpoint import read_checkpoint, read_metadata
 from sda_cli.data import image_folder
-from sda_cli.train import StepReport, TrainConfig, TrainingError, learning_rate, state_path_for, train
+from sda_cli.train import (
+    StepReport,
+    TrainConfig,
+    TrainingError,
+    _build,
+    _Ranks,
+    _resume,
+    _Start,
+    _step,
+    learning_rate,
+    state_path_for,
+    train,
+)
 
 CONFIG = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, seed=1)
 CPU = torch.device("cpu")
@@ -36,11 +50,11 @@ def test_resume_from_weights_alone(tmp_path: Path, image_dir: Path) -> None:
     data = image_folder(image_dir, 16)
     out = tmp_path / "m.safetensors"
     train(TINY_MODEL, replace(CONFIG, steps=3), data, out, device=CPU)
-    before, _ = load_model(out)
+    before, _ = read_checkpoint(out)
     state_path_for(out).unlink()
     step, _ = train(TINY_MODEL, CONFIG, data, out, resume=True, device=CPU)
     assert step == 6
-    after, config = load_model(out)
+    after, config = read_checkpoint(out)
     assert config["training"]["step"] == 6
     assert not torch.equal(before.backbone.stem.weight, after.backbone.stem.weight)
 
@@ -111,7 +125,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, image_d
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(TINY_MODEL, replace(CONFIG, steps=1000, lr=1e38, warmup=0), data, out, resume=True, device=CPU)
     assert out.read_bytes() == good
-    load_model(out)
+    read_checkpoint(out)
 
 
 def test_two_process_gloo_run_ends_with_identical_weights(tmp_path: Path, image_dir: Path) -> None:
@@ -145,3 +159,72 @@ def test_two_process_gloo_run_ends_with_identical_weights(tmp_path: Path, image_
         assert torch.equal(rank0[name], rank1[name]), name
     config = read_metadata(tmp_path / "ddp.safetensors")
     assert config["training"]["world_size"] == 2 and config["training"]["images_seen"] == 4 * 4 * 2
+
+
+def test_resume_from_weights_alone_builds_a_fresh_optimiser_from_that_step(tmp_path: Path, image_dir: Path) -> None:
+    """Without a state file, a resume trains on the model file's weights with an empty AdamW whose warm-up counts
+    from the resume step, and a random stream seeded from that step."""
+    out = tmp_path / "m.safetensors"
+    train(TINY_MODEL, replace(CONFIG, steps=3), image_folder(image_dir, 16), out, device=CPU)
+    state_path_for(out).unlink()
+    start = _resume(out, log=lambda message: None)
+    assert (start.step, start.optimiser_start, start.state, start.weights) == (3, 3, None, out)
+    run = _build(start, CONFIG, _Ranks(0, 1, CPU))
+    assert run.optimizer.state_dict()["state"] == {}
+    shipped, _ = read_checkpoint(out)
+    for name, value in shipped.backbone.state_dict().items():
+        assert torch.equal(run.unet.state_dict()[name], value), name
+        assert torch.equal(run.ema.state_dict()[name], value), name
+    assert torch.equal(run.generator.get_state(), torch.Generator().manual_seed(CONFIG.seed + 7919 * 3).get_state())
+    assert learning_rate(CONFIG, 3, run.optimiser_start) == pytest.approx(CONFIG.lr / CONFIG.warmup)
+
+
+def test_resume_from_state_restores_every_part(tmp_path: Path, image_dir: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    train(TINY_MODEL, replace(CONFIG, steps=3), image_folder(image_dir, 16), out, device=CPU)
+    saved = load_file(str(state_path_for(out)))
+    start = _resume(out, log=lambda message: None)
+    assert (start.step, start.optimiser_start, start.weights) == (3, 0, None)
+    run = _build(start, CONFIG, _Ranks(0, 1, CPU))
+    ema = run.ema.state_dict()
+    for name, value in run.unet.state_dict().items():
+        assert torch.equal(value, saved[f"model.{name}"]) and torch.equal(ema[name], saved[f"ema.{name}"]), name
+    moments = run.optimizer.state_dict()["state"]
+    assert all(torch.equal(moments[0][key], saved[f"optim.0.{key}"]) for key in ("exp_avg", "exp_avg_sq", "step"))
+    assert torch.equal(run.generator.get_state(), saved["rng.generator"])
+
+
+def test_a_step_sets_the_rate_and_moves_the_ema_by_its_decay(tmp_path: Path, image_dir: Path) -> None:
+    """Step s + 1 runs at learning_rate(s) and ends with θ̄ ← θ̄ + (1 − d)(θ − θ̄), d = min(ema_decay, (1 + s)/(10 + s))
+    at the new step: 2/11 after the first step, ema_decay once it is the smaller."""
+    data = image_folder(image_dir, 16)
+    for config, step, decay in ((CONFIG, 0, 2 / 11), (replace(CONFIG, ema_decay=0.3), 5, 0.3)):
+        run = _build(_Start(TINY_MODEL, step=step), config, _Ranks(0, 1, CPU))
+        before = [p.detach().clone() for p in run.ema_params]
+        loss = _step(run, data, config, step, tmp_path / "m.safetensors")
+        assert loss > 0
+        assert run.optimizer.param_groups[0]["lr"] == learning_rate(config, step)
+        assert any(not torch.equal(new, old) for old, new in zip(before, run.params, strict=True))
+        for old, new, ema in zip(before, run.params, run.ema_params, strict=True):
+            assert torch.equal(ema, torch.lerp(old, new.detach(), 1 - decay))
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path: Path, image_dir: Path) -> None:
+    """SIGTERM during step 2 (of 6, checkpoints every 3) stops after it, with both files and a log row at step 2."""
+    out = tmp_path / "m.safetensors"
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate_at_step_2(report: StepReport) -> None:
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    step, _ = train(TINY_MODEL, CONFIG, image_folder(image_dir, 16), out, device=CPU, on_step=terminate_at_step_2)
+    assert step == 2
+    assert read_metadata(out)["training"]["step"] == 2 and read_metadata(state_path_for(out))["step"] == 2
+    assert [row.split(",")[0] for row in (tmp_path / "m.log.csv").read_text().splitlines()] == ["2"]
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_an_unknown_precision_names_the_option() -> None:
+    with pytest.raises(ValueError, match="--precision must be auto, bf16, fp16 or fp32"):
+        TrainConfig(precision="fp8")

@@ -36,13 +36,13 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
-from sda_cli.sampler import DenoiserLike, Sampler, alpha_sigma, epsilon_from_mean, positive_int, prior_noise
+from sda_cli.guidance.base import Option, PosteriorMethod
+from sda_cli.operators import conjugate_gradient
+from sda_cli.sampler import Sampler, alpha_sigma, epsilon_from_mean
 
 __all__ = ["DiffPIR"]
 
@@ -63,7 +63,7 @@ class _DiffPIRSampler(Sampler):
         return alpha_s * x_hat + sigma_s * (math.sqrt(1 - self.zeta) * eps + math.sqrt(self.zeta) * self.noise(x_t))
 
 
-class DiffPIR:
+class DiffPIR(PosteriorMethod):
     r"""Draws of DiffPIR for :math:`y = A x + \sigma_y n`; also its proximal denoiser (module docstring).
 
     ``operator``: a :class:`~sda_cli.operators.LinearOperator` (default: the identity); ``shape``: the images'
@@ -78,29 +78,16 @@ class DiffPIR:
     """
 
     STEPS, LAMBDA, ZETA, CG_STEPS = 100, 1.0, 0.3, 8
-
-    def __init__(
-        self,
-        denoiser: DenoiserLike,
-        y: Tensor,
-        sigma_y: float,
-        *,
-        operator: LinearOperator | None = None,
-        shape: Sequence[int] | None = None,
-        steps: int = STEPS,
-        lam: float = LAMBDA,
-        zeta: float = ZETA,
-        cg_steps: int = CG_STEPS,
-        power: float = 7.0,
-    ) -> None:
-        if not lam > 0:
-            raise ValueError(f"lam must be positive, got {lam}")
-        if not 0 <= zeta <= 1:
-            raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
-        positive_int("cg_steps", cg_steps)
-        self.denoiser, self.schedule = denoiser, denoiser.schedule
-        self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
-        self.steps, self.lam, self.zeta, self.cg_steps, self.power = steps, float(lam), float(zeta), cg_steps, power
+    name = "diffpir"
+    summary = "DiffPIR: a proximal data step on each denoised estimate, no backward pass through the network"
+    options = (
+        Option("lam", LAMBDA, "weight of the prior in the data step", low=0, high=1e4, low_open=True),
+        Option("zeta", ZETA, "share of fresh noise in each step", low=0, high=1),
+        Option("cg_steps", CG_STEPS, "conjugate-gradient steps of the data step", low=1, high=1000, integer=True),
+    )
+    lam: float
+    zeta: float
+    cg_steps: int
 
     @torch.no_grad()
     def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
@@ -110,16 +97,16 @@ class DiffPIR:
         x_hat = self.denoiser(x_t, t)
         a = self.operator
         correction = conjugate_gradient(
-            lambda v: a.adjoint(a(v)) + weight * v, a.adjoint(self.y - a(x_hat)), self.cg_steps
+            lambda v: a.adjoint(a(v)) + weight * v,  # type: ignore[union-attr]
+            a.adjoint(self.y - a(x_hat)),  # type: ignore[union-attr]
+            self.cg_steps,
         )
         return x_hat + correction
 
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
         """One draw per observation, shaped ``(B, *shape)``."""
-        x = prior_noise(
-            self.schedule, (self.y.shape[0], *self.shape), generator=generator, device=self.y.device, dtype=self.y.dtype
-        )
-        return _DiffPIRSampler(self, generator=generator)(x, 1.0, 0.0, self.steps, power=self.power)
+        solver = _DiffPIRSampler(self, generator=generator)
+        return solver(self.prior_noise(generator), 1.0, 0.0, self.steps, power=self.power)
 
     @property
     def nfe(self) -> int:

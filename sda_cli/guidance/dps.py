@@ -21,18 +21,13 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 from torch import Tensor
 
-from sda_cli.guidance.sda import mean_and_vjp
-from sda_cli.operators import Identity, LinearOperator, observation_shape
-from sda_cli.sampler import DenoiserLike, Sampler, epsilon_from_mean, prior_noise
+from sda_cli.guidance.base import Option, PosteriorMethod
+from sda_cli.sampler import Sampler, epsilon_from_mean
 
 __all__ = ["DPS"]
-
-Operator = Callable[[Tensor], Tensor]
 
 
 class _DPSSampler(Sampler):
@@ -46,14 +41,14 @@ class _DPSSampler(Sampler):
 
     def step(self, x_t: Tensor, t: float, s: float) -> Tensor:
         alpha_t, sigma_t, alpha_s, sigma_s = self.coefficients(t, s)
-        x_hat, gradient = mean_and_vjp(self.denoiser, x_t, t, self.method.cotangent)
+        x_hat, gradient = self.denoiser.mean_and_vjp(x_t, t, self.method.cotangent)  # type: ignore[attr-defined]
         keep = (sigma_s / alpha_s) / (sigma_t / alpha_t)
         eps = epsilon_from_mean(x_t, x_hat, alpha_t, sigma_t)
         x_s = alpha_s * x_hat + sigma_s * (keep * eps + (1.0 - keep**2) ** 0.5 * self.noise(x_t))
         return x_s - self.method.zeta * gradient
 
 
-class DPS:
+class DPS(PosteriorMethod):
     r"""Draws of DPS for :math:`y = A(x) + \sigma_y n` from pure noise at :math:`t = 1` (module docstring).
 
     ``operator``: any differentiable map of images ``(B, *shape)`` to observations shaped like ``y`` (default: the
@@ -65,32 +60,11 @@ class DPS:
     """
 
     STEPS, ZETA = 1000, 1.0
-
-    def __init__(
-        self,
-        denoiser: DenoiserLike,
-        y: Tensor,
-        sigma_y: float,
-        *,
-        operator: Operator | None = None,
-        shape: Sequence[int] | None = None,
-        steps: int = STEPS,
-        zeta: float = ZETA,
-        power: float = 7.0,
-    ) -> None:
-        if not float(sigma_y) >= 0:
-            raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
-        if not zeta >= 0:
-            raise ValueError(f"zeta must be non-negative, got {zeta}")
-        self.denoiser, self.schedule, self.zeta = denoiser, denoiser.schedule, float(zeta)
-        self.operator: Operator = operator or Identity()
-        observed = getattr(self.operator, "observed", None)
-        self.y = observed(y) if observed is not None else y
-        if isinstance(self.operator, LinearOperator):
-            self.shape = observation_shape(self.operator, y, shape)
-        else:
-            self.shape = tuple(y.shape[1:]) if shape is None else tuple(shape)
-        self.steps, self.power = steps, power
+    name = "dps"
+    summary = "diffusion posterior sampling: ancestral steps down the gradient of the residual's norm"
+    options = (Option("zeta", ZETA, "step size of the residual's gradient", low=0, high=100),)
+    backward, nonlinear = True, True
+    zeta: float
 
     def cotangent(self, x_hat: Tensor) -> Tensor:
         r""":math:`\partial \lVert y - A(\hat{x}) \rVert / \partial \hat{x}` for each image, by autograd through
@@ -104,12 +78,14 @@ class DPS:
 
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
         """One draw per observation, shaped ``(B, *shape)``."""
-        x = prior_noise(
-            self.schedule, (self.y.shape[0], *self.shape), generator=generator, device=self.y.device, dtype=self.y.dtype
-        )
-        return _DPSSampler(self, generator=generator)(x, 1.0, 0.0, self.steps, power=self.power)
+        solver = _DPSSampler(self, generator=generator)
+        return solver(self.prior_noise(generator), 1.0, 0.0, self.steps, power=self.power)
 
     @property
     def nfe(self) -> int:
         """Network evaluations: ``steps`` forward and backward passes, and the final forward one."""
         return self.steps + 1
+
+    def passes(self, one_call: bool) -> int:
+        """A product per step (one pass, or a forward and a backward pass when split), then the final estimate."""
+        return (self.nfe - 1) * (1 if one_call else 2) + 1

@@ -18,10 +18,12 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from sda_cli.guidance.base import Option, PosteriorMethod
 from sda_cli.guidance.matched import matched_time
 from sda_cli.sampler import Ancestral, DenoiserLike, alpha_sigma, randn_like
 
@@ -40,7 +42,7 @@ class GuidedDenoiser:
         return self.denoiser(x_t, t) + self.strength * (self.y - x_t / alpha)
 
 
-class GuidedReverse:
+class GuidedReverse(PosteriorMethod):
     r"""Ancestral steps on :class:`GuidedDenoiser` from :math:`t_\text{start}` down to 0.
 
     Start. :math:`x_{t_s} = \alpha_{t_s} y + \sqrt{\sigma_{t_s}^2 - \alpha_{t_s}^2 \sigma_y^2}\; \varepsilon` when
@@ -53,26 +55,20 @@ class GuidedReverse:
     """
 
     T_START, STRENGTH, STEPS = 0.5, 0.1, 64
+    name = "guided"
+    summary = "the reverse process from --t-start with a pull lambda (y - x_t) towards the observation (a baseline)"
+    options = (
+        Option("t_start", T_START, "start time", low=0, high=1, low_open=True),
+        Option("strength", STRENGTH, "the lambda of lambda (y - x_t)", low=0, high=1),
+    )
+    identity_only = True
+    t_start: float
+    strength: float
 
-    def __init__(
-        self,
-        denoiser: DenoiserLike,
-        y: Tensor,
-        sigma_y: float,
-        *,
-        t_start: float = T_START,
-        strength: float = STRENGTH,
-        steps: int = STEPS,
-        power: float = 7.0,
-    ) -> None:
-        if not 0 < t_start <= 1:
-            raise ValueError(f"t_start must lie in (0, 1], got {t_start}")
-        if not float(sigma_y) >= 0:
-            raise ValueError(f"sigma_y must be non-negative, got {sigma_y}")
-        if float(sigma_y) > 0:
-            matched_time(denoiser.schedule, sigma_y)
-        self.denoiser, self.y, self.sigma_y = denoiser, y, float(sigma_y)
-        self.t_start, self.strength, self.steps, self.power = float(t_start), float(strength), steps, power
+    def __init__(self, denoiser: DenoiserLike, y: Tensor, sigma_y: float, **options: Any) -> None:
+        super().__init__(denoiser, y, sigma_y, **options)
+        if self.sigma_y > 0:
+            matched_time(denoiser.schedule, self.sigma_y)
 
     @torch.no_grad()
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
@@ -85,4 +81,5 @@ class GuidedReverse:
 
     @property
     def nfe(self) -> int:
+        """Network evaluations: one per step and the final estimate."""
         return self.steps + 1

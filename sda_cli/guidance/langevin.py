@@ -25,10 +25,12 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from sda_cli.guidance.base import Option, PosteriorMethod
 from sda_cli.guidance.matched import matched_time
 from sda_cli.sampler import DenoiserLike, alpha_sigma, randn_like
 from sda_cli.schedule import Schedule
@@ -73,7 +75,7 @@ def langevin_levels(
     return [(rho, float(t)) for rho, t in zip(ratios, times, strict=True)]
 
 
-class AnnealedLangevin:
+class AnnealedLangevin(PosteriorMethod):
     r"""Annealed Langevin dynamics on :math:`p(z \mid y)`, started from the noisy image.
 
     At each level :math:`\rho_i` of :func:`langevin_levels`, ``steps`` steps of
@@ -91,6 +93,15 @@ class AnnealedLangevin:
     """
 
     LEVELS, STEPS, STEP_SIZE = 10, 20, 1.0
+    name = "langevin"
+    summary = "annealed Langevin dynamics from the noisy image (a baseline); --steps per level"
+    options = (
+        Option("levels", LEVELS, "noise levels", low=1, high=1000, integer=True),
+        Option("step_size", STEP_SIZE, "step size tau", low=0, high=2, low_open=True, high_open=True),
+    )
+    identity_only, noise_free = True, False
+    levels: int
+    step_size: float
 
     def __init__(
         self,
@@ -98,19 +109,13 @@ class AnnealedLangevin:
         y: Tensor,
         sigma_y: float,
         *,
-        levels: int = LEVELS,
-        steps: int = STEPS,
-        step_size: float = STEP_SIZE,
         rho_min: float | None = None,
         denoise: bool = True,
+        **options: Any,
     ) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not 0 < step_size < 2:
-            raise ValueError(f"step_size must lie in (0, 2) for a stable chain, got {step_size}")
-        self.denoiser, self.y, self.sigma_y = denoiser, y, float(sigma_y)
-        self.grid = langevin_levels(denoiser.schedule, self.sigma_y, levels, rho_min)
-        self.steps, self.step_size, self.denoise = steps, float(step_size), denoise
+        super().__init__(denoiser, y, sigma_y, **options)
+        self.grid = langevin_levels(denoiser.schedule, self.sigma_y, self.levels, rho_min)
+        self.denoise = denoise
 
     @torch.no_grad()
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
@@ -128,4 +133,5 @@ class AnnealedLangevin:
 
     @property
     def nfe(self) -> int:
+        """Network evaluations: ``steps`` per level, and the final denoising."""
         return len(self.grid) * self.steps + int(self.denoise)

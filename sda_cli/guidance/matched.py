@@ -26,13 +26,16 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from sda_cli.guidance.base import PosteriorMethod
 from sda_cli.sampler import DEFAULT_STEPS, Ancestral, DenoiserLike, alpha_sigma
 from sda_cli.schedule import Schedule
 
-__all__ = ["MatchedPosterior", "matched_time"]
+__all__ = ["MMSE", "MatchedPosterior", "PosteriorMean", "matched_time"]
 
 
 def matched_time(schedule: Schedule, sigma_y: float) -> float:
@@ -52,22 +55,23 @@ def matched_time(schedule: Schedule, sigma_y: float) -> float:
     return min(max(t, 0.0), 1.0)
 
 
-class MatchedPosterior:
+class MatchedPosterior(PosteriorMethod):
     r""":math:`p(x \mid y)` for :math:`y = x + \sigma_y n`: its mean in one evaluation, its draws by the reverse SDE.
 
     ``y``: observations ``(B, C, H, W)`` in model units; each row gets its own draw.
     """
 
+    name = "posterior"
+    summary = "one draw of the exact posterior p(x | y), by the reverse SDE from the matched time"
     STEPS = DEFAULT_STEPS["ancestral"]
     """Default ancestral steps of a draw (what the sampler loses of the posterior variance at this count, on the exact
     denoiser of a Gaussian fitted to CIFAR-10: ``benchmarks/RESULTS.md``, calibration)."""
+    identity_only, noise_free, calibrated, first_draw = True, False, True, True
 
-    def __init__(
-        self, denoiser: DenoiserLike, y: Tensor, sigma_y: float, *, steps: int = STEPS, power: float = 7.0
-    ) -> None:
-        self.denoiser, self.sigma_y, self.steps, self.power = denoiser, float(sigma_y), steps, power
+    def __init__(self, denoiser: DenoiserLike, y: Tensor, sigma_y: float, **options: Any) -> None:
+        super().__init__(denoiser, y, sigma_y, **options)
         self.t = matched_time(denoiser.schedule, self.sigma_y)
-        self.start = alpha_sigma(denoiser.schedule, self.t)[0] * y
+        self.start = alpha_sigma(denoiser.schedule, self.t)[0] * self.y
         """:math:`x_{t^*} = \\alpha_{t^*} y`."""
 
     @torch.no_grad()
@@ -87,3 +91,29 @@ class MatchedPosterior:
     def nfe(self) -> int:
         """Network evaluations of one :meth:`sample`: one per step and the final Tweedie step."""
         return self.steps + 1
+
+
+class PosteriorMean(MatchedPosterior):
+    """The mean of ``samples`` draws of :class:`MatchedPosterior` (their spread is the uncertainty map)."""
+
+    name = "mean"
+    summary = "the mean of --samples draws of the exact posterior (default 8)"
+    SAMPLES = 8
+    first_draw = False
+
+
+class MMSE(MatchedPosterior):
+    r"""The posterior mean :math:`\hat{x}(\alpha_{t^*} y, t^*)` alone: one evaluation, the best PSNR, no draws."""
+
+    name = "mmse"
+    summary = "the posterior mean E[x | y] in one network evaluation (Tweedie): the best PSNR"
+    STEPS = None
+    draws, calibrated, first_draw = False, False, False
+
+    def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
+        """The posterior mean of each observation (``generator`` is unused)."""
+        return self.mean()
+
+    @property
+    def nfe(self) -> int:
+        return 1

@@ -26,9 +26,10 @@ Products with :math:`J` are vector-Jacobian products, :math:`J^\top v`: one forw
 one backward pass, while forward-mode products (``torch.func.jvp``) would need every layer of the network to support
 forward-mode differentiation, and a double backward pass costs twice. The score needs :math:`J^\top` in any case, and
 using :math:`J^\top` in :math:`V` too makes the posterior denoiser the exact conditioning of a Gaussian whatever the
-network (the two agree where :math:`J` is symmetric). A denoiser that evaluates its network in tiles
-(``sda_cli.restore.TiledDenoiser``) provides ``linearise``: one kept pass when the images fit one call, else
-each product runs its own passes, tile by tile.
+network (the two agree where :math:`J` is symmetric). The denoiser's ``linearise``
+(:class:`sda_cli.denoiser.JacobianProducts`) keeps one forward pass for all the products; a tiled one
+(:class:`sda_cli.tiles.TiledDenoiser`) does so when the images fit one call, else each product runs its own passes,
+tile by tile.
 
 The solver is GMRES (:func:`~sda_cli.operators.minimal_residual`), not conjugate gradients: a trained network's
 :math:`J` is neither symmetric nor positive in the observed directions (for super-resolution with the shipped
@@ -49,36 +50,20 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from sda_cli.operators import LinearOperator, linear_observation, minimal_residual
-from sda_cli.sampler import DenoiserLike, alpha_sigma, make_sampler, positive_int, prior_noise
+from sda_cli.denoiser import JacobianProducts
+from sda_cli.guidance.base import Option, PosteriorMethod
+from sda_cli.operators import minimal_residual
+from sda_cli.sampler import alpha_sigma, make_sampler
 
-__all__ = ["MMPS", "linearise"]
-
-
-def linearise(denoiser: DenoiserLike, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    r""":math:`\hat{x}(x_t, t)` and the map :math:`v \mapsto J^\top v`, :math:`J = \partial \hat{x} / \partial x_t`:
-    one forward pass kept for all the products, or the denoiser's own ``linearise`` (a tiled network's, which keeps
-    memory bounded)."""
-    own = getattr(denoiser, "linearise", None)
-    if own is not None:
-        return own(x_t, t)
-    with torch.enable_grad():
-        x = x_t.detach().requires_grad_(True)
-        x_hat = denoiser(x, t)
-
-    def vjp(v: Tensor) -> Tensor:
-        (gradient,) = torch.autograd.grad(x_hat, x, v, retain_graph=True)
-        return gradient
-
-    return x_hat.detach(), vjp
+__all__ = ["MMPS"]
 
 
-class MMPS:
+class MMPS(PosteriorMethod):
     r"""Draws of the MMPS posterior for :math:`y = A x + \sigma_y n`; also the posterior denoiser itself.
 
     ``operator``: a :class:`~sda_cli.operators.LinearOperator` (default: the identity); ``shape``: the images'
@@ -94,49 +79,44 @@ class MMPS:
     """
 
     STEPS, SOLVER_STEPS, SAMPLER = 64, 3, "heun"
+    name = "mmps"
+    summary = "moment-matching posterior sampling: exact for a Gaussian prior; the method for --samples and --std"
+    options = (Option("solver_steps", SOLVER_STEPS, "GMRES steps per evaluation", low=1, high=100, integer=True),)
+    backward = True
+    solver_steps: int
 
     def __init__(
-        self,
-        denoiser: DenoiserLike,
-        y: Tensor,
-        sigma_y: float,
-        *,
-        operator: LinearOperator | None = None,
-        shape: Sequence[int] | None = None,
-        steps: int = STEPS,
-        solver_steps: int = SOLVER_STEPS,
-        sampler: str = SAMPLER,
-        power: float = 7.0,
+        self, denoiser: JacobianProducts, y: Tensor, sigma_y: float, *, sampler: str = SAMPLER, **options: Any
     ) -> None:
-        positive_int("solver_steps", solver_steps)
-        self.denoiser, self.schedule = denoiser, denoiser.schedule
-        self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
-        self.steps, self.solver_steps, self.sampler, self.power = steps, solver_steps, sampler, power
-        make_sampler(sampler, denoiser)  # an unknown name fails here, not after the first draw
+        super().__init__(denoiser, y, sigma_y, **options)  # type: ignore[arg-type]
+        self.sampler = sampler
+        make_sampler(sampler, denoiser)  # type: ignore[arg-type]  # an unknown name fails here, not after a draw
 
     def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
         r"""The posterior denoiser :math:`\hat{x} + (\sigma_t^2 / \alpha_t) J^\top A^\top u` (module docstring)."""
         alpha, sigma = alpha_sigma(self.schedule, t)
         gamma = sigma**2 / alpha
-        x_hat, vjp = linearise(self.denoiser, x_t, t)
+        x_hat, vjp = self.denoiser.linearise(x_t, t)  # type: ignore[attr-defined]
         a = self.operator
 
         def covariance(v: Tensor) -> Tensor:
             r""":math:`(\sigma_y^2 I + A V A^\top) v`."""
-            return self.sigma_y**2 * v + gamma * a(vjp(a.adjoint(v)))
+            return self.sigma_y**2 * v + gamma * a(vjp(a.adjoint(v)))  # type: ignore[union-attr]
 
         u = minimal_residual(covariance, self.y - a(x_hat), self.solver_steps)
-        return x_hat + gamma * vjp(a.adjoint(u))
+        return x_hat + gamma * vjp(a.adjoint(u))  # type: ignore[union-attr]
 
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
         """One draw per observation, shaped ``(B, *shape)``."""
-        x = prior_noise(
-            self.schedule, (self.y.shape[0], *self.shape), generator=generator, device=self.y.device, dtype=self.y.dtype
-        )
         solver = make_sampler(self.sampler, self, generator=generator)  # type: ignore[arg-type]
-        return solver(x, 1.0, 0.0, self.steps, power=self.power)
+        return solver(self.prior_noise(generator), 1.0, 0.0, self.steps, power=self.power)
 
     @property
     def nfe(self) -> int:
         """Evaluations of the posterior denoiser, each one forward pass and ``solver_steps + 1`` backward passes."""
-        return make_sampler(self.sampler, self.denoiser).nfe(self.steps)
+        return make_sampler(self.sampler, self.denoiser).nfe(self.steps)  # type: ignore[arg-type]
+
+    def passes(self, one_call: bool) -> int:
+        """An evaluation, then a product per solver step and one for the score on the kept pass when the batch fits
+        one call; else each product is a forward and a backward pass of its own (:meth:`TiledDenoiser.linearise`)."""
+        return self.nfe * (1 + (0 if one_call else 2 * (self.solver_steps + 1)))

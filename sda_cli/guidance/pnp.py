@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from sda_cli.operators import LinearOperator, conjugate_gradient, linear_observation
-from sda_cli.sampler import DenoiserLike, positive_int
+from sda_cli.guidance.base import Option, PosteriorMethod
+from sda_cli.operators import LinearOperator, conjugate_gradient
+from sda_cli.sampler import DenoiserLike
 
 __all__ = ["PnP", "smoothest_image"]
 
@@ -65,7 +67,7 @@ def smoothest_image(
     return conjugate_gradient(lambda v: operator.adjoint(operator(v)) + weight * _gradient_norm_operator(v), b, steps)
 
 
-class PnP:
+class PnP(PosteriorMethod):
     r"""The DPIR estimate for :math:`y = A x + \sigma_y n` (module docstring).
 
     ``operator``: a :class:`~sda_cli.operators.LinearOperator` (default: the identity); ``shape``: the images'
@@ -75,31 +77,24 @@ class PnP:
     """
 
     STEPS, LAMBDA, RHO_MAX, RHO_MIN, CG_STEPS = 24, 0.23, 2 * 49 / 255, 2 * 1 / 255, 8
+    name = "pnp"
+    summary = "plug-and-play (DPIR): one deterministic estimate, the best PSNR and the fastest; no draws"
+    options = (
+        Option("lam", LAMBDA, "weight of the prior in the data step", low=0, high=1e4, low_open=True),
+        Option("rho_max", RHO_MAX, "first noise ratio (model units, twice pixel ones)", low=0, high=1e4, low_open=True),
+        Option("rho_min", RHO_MIN, "last noise ratio if sigma_y is smaller", low=0, high=1e4, low_open=True),
+        Option("cg_steps", CG_STEPS, "conjugate-gradient steps of the data step", low=1, high=1000, integer=True),
+    )
+    draws = False
+    lam: float
+    rho_max: float
+    rho_min: float
+    cg_steps: int
 
-    def __init__(
-        self,
-        denoiser: DenoiserLike,
-        y: Tensor,
-        sigma_y: float,
-        *,
-        operator: LinearOperator | None = None,
-        shape: Sequence[int] | None = None,
-        steps: int = STEPS,
-        lam: float = LAMBDA,
-        rho_max: float = RHO_MAX,
-        rho_min: float = RHO_MIN,
-        cg_steps: int = CG_STEPS,
-    ) -> None:
-        positive_int("steps", steps)
-        if not lam > 0:
-            raise ValueError(f"lam must be positive, got {lam}")
-        if not 0 < rho_min <= rho_max < math.inf:
-            raise ValueError(f"need 0 < rho_min <= rho_max, got rho_min {rho_min} and rho_max {rho_max}")
-        positive_int("cg_steps", cg_steps)
-        self.denoiser, self.schedule = denoiser, denoiser.schedule
-        self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
-        self.steps, self.lam, self.cg_steps = steps, float(lam), cg_steps
-        self.rho_max, self.rho_min = float(rho_max), float(rho_min)
+    def __init__(self, denoiser: DenoiserLike, y: Tensor, sigma_y: float, **options: Any) -> None:
+        super().__init__(denoiser, y, sigma_y, **options)
+        if not self.rho_min <= self.rho_max:
+            raise ValueError(f"need rho_min <= rho_max, got rho_min {self.rho_min} and rho_max {self.rho_max}")
 
     def ratios(self) -> list[float]:
         r""":math:`\rho_1 > \dots > \rho_K`, evenly spaced in :math:`\log \rho`."""
@@ -112,8 +107,8 @@ class PnP:
     def data_step(self, x: Tensor, rho: float) -> Tensor:
         """:math:`z_k` (module docstring): ``cg_steps`` conjugate-gradient steps, no network."""
         a, weight = self.operator, self.lam * self.sigma_y**2 / rho**2
-        residual = a.adjoint(self.y - a(x))
-        return x + conjugate_gradient(lambda v: a.adjoint(a(v)) + weight * v, residual, self.cg_steps)
+        residual = a.adjoint(self.y - a(x))  # type: ignore[union-attr]
+        return x + conjugate_gradient(lambda v: a.adjoint(a(v)) + weight * v, residual, self.cg_steps)  # type: ignore[union-attr]
 
     def prior_step(self, z: Tensor, rho: float) -> Tensor:
         r""":math:`\hat{x}(\alpha_t z, t)` at the time :math:`t` whose noise ratio is :math:`\rho`."""
@@ -124,7 +119,7 @@ class PnP:
     @torch.no_grad()
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
         """The estimate for each observation, shaped ``(B, *shape)``; deterministic (``generator`` is unused)."""
-        x = smoothest_image(self.operator, self.y, self.shape)
+        x = smoothest_image(self.operator, self.y, self.shape)  # type: ignore[arg-type]
         for rho in self.ratios():
             x = self.prior_step(self.data_step(x, rho), rho)
         return x

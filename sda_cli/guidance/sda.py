@@ -22,14 +22,17 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from sda_cli.sampler import PC, DenoiserLike, alpha_sigma, prior_noise
+from sda_cli.denoiser import JacobianProducts
+from sda_cli.guidance.base import Option, PosteriorMethod
+from sda_cli.sampler import PC, alpha_sigma
 
-__all__ = ["SDA", "mean_and_vjp", "sda_likelihood_score"]
+__all__ = ["SDA", "sda_likelihood_score"]
 
 Operator = Callable[[Tensor], Tensor]
 
@@ -39,26 +42,10 @@ def _same(x: Tensor) -> Tensor:
     return x
 
 
-def mean_and_vjp(
-    denoiser: DenoiserLike, x_t: Tensor, t: float, cotangent: Callable[[Tensor], Tensor]
-) -> tuple[Tensor, Tensor]:
-    r""":math:`\hat{x}(x_t, t)` and :math:`J^\top v` with :math:`v` = ``cotangent(x_hat)``, :math:`J = \partial
-    \hat{x} / \partial x_t`: one forward and one backward pass. A denoiser that evaluates its network in tiles
-    (``sda_cli.restore.TiledDenoiser``) provides its own ``mean_and_vjp``, which keeps memory bounded."""
-    own = getattr(denoiser, "mean_and_vjp", None)
-    if own is not None:
-        return own(x_t, t, cotangent)
-    with torch.enable_grad():
-        x = x_t.detach().requires_grad_(True)
-        x_hat = denoiser(x, t)
-        (gradient,) = torch.autograd.grad(x_hat, x, cotangent(x_hat.detach()))
-    return x_hat.detach(), gradient
-
-
 def _likelihood_terms(
-    denoiser: DenoiserLike, x_t: Tensor, t: float, y: Tensor, sigma_y: float, gamma: float, operator: Operator
+    denoiser: JacobianProducts, x_t: Tensor, t: float, y: Tensor, sigma_y: float, gamma: float, operator: Operator
 ) -> tuple[Tensor, Tensor]:
-    alpha, sigma = alpha_sigma(denoiser.schedule, t)
+    alpha, sigma = alpha_sigma(denoiser.schedule, t)  # type: ignore[attr-defined]
     variance = sigma_y**2 + gamma * (sigma / alpha) ** 2
 
     def cotangent(x_hat: Tensor) -> Tensor:
@@ -69,11 +56,11 @@ def _likelihood_terms(
             (gradient,) = torch.autograd.grad(log_p, x)
         return gradient
 
-    return mean_and_vjp(denoiser, x_t, t, cotangent)
+    return denoiser.mean_and_vjp(x_t, t, cotangent)
 
 
 def sda_likelihood_score(
-    denoiser: DenoiserLike,
+    denoiser: JacobianProducts,
     x_t: Tensor,
     t: float,
     y: Tensor,
@@ -89,63 +76,53 @@ def sda_likelihood_score(
     return _likelihood_terms(denoiser, x_t, t, y, float(sigma_y), float(gamma), operator or _same)[1]
 
 
-class SDA:
+class SDA(PosteriorMethod):
     r"""Draws of the SDA posterior for :math:`y = A(x) + \sigma_y n`; also the posterior denoiser itself.
 
     Predictor-corrector sampling (a DDIM step, then ``corrections`` Langevin steps with
     :math:`\delta = \tau D / \lVert s \rVert^2`, or :math:`\tau \sigma_t^2` if not ``adaptive``) from pure noise at
     :math:`t = 1` down to 0 in ``steps`` steps, on the score of :meth:`__call__`. ``operator`` maps images
-    ``(N, *shape)`` to observations shaped like ``y``'s rows (default: the identity, ``shape = y.shape[1:]``).
-    The defaults follow the paper's code (256 steps, 1 correction, :math:`\gamma = 10^{-2}`) but for
-    :math:`\tau = 0.2` instead of 0.5, on :func:`~sda_cli.sampler.time_grid`'s grid: on a Gaussian with an
+    ``(N, *shape)`` to observations shaped like ``y``'s rows (default: the identity, ``shape = y.shape[1:]``); any
+    differentiable map will do. The defaults follow the paper's code (256 steps, 1 correction, :math:`\gamma = 10^{-2}`)
+    but for :math:`\tau = 0.2` instead of 0.5, on :func:`~sda_cli.sampler.time_grid`'s grid: on a Gaussian with an
     image-like spectrum the adaptive step at :math:`\tau = 0.5` inflates the variance of the weak directions well
     beyond the posterior's, and a small :math:`\tau` leaves the strong ones too narrow;
     ``tests/test_guidance_methods.py`` checks the defaults against the exact posterior and says by how much each fails.
     """
 
     STEPS, CORRECTIONS, TAU, GAMMA = 256, 1, 0.2, 1e-2
+    name = "sda"
+    summary = "score-based data assimilation: predictor-corrector sampling from pure noise (needs sigma > 0)"
+    options = (
+        Option("gamma", GAMMA, "the gamma of the likelihood's variance sigma_y^2 + gamma rho_t^2", low=0, high=100),
+        Option("corrections", CORRECTIONS, "Langevin corrections per step", low=0, high=100, integer=True),
+        Option("tau", TAU, "corrector step size", low=0, high=10, low_open=True),
+    )
+    backward, noise_free, nonlinear = True, False, True
+    gamma: float
+    corrections: int
+    tau: float
 
     def __init__(
-        self,
-        denoiser: DenoiserLike,
-        y: Tensor,
-        sigma_y: float,
-        *,
-        operator: Operator | None = None,
-        shape: Sequence[int] | None = None,
-        steps: int = STEPS,
-        corrections: int = CORRECTIONS,
-        tau: float = TAU,
-        gamma: float = GAMMA,
-        adaptive: bool = True,
-        power: float = 7.0,
+        self, denoiser: JacobianProducts, y: Tensor, sigma_y: float, *, adaptive: bool = True, **options: Any
     ) -> None:
-        if not float(sigma_y) > 0:
-            raise ValueError(f"sigma_y must be positive, got {sigma_y}")
-        if not gamma >= 0:
-            raise ValueError(f"gamma must be non-negative, got {gamma}")
-        self.denoiser, self.y, self.sigma_y, self.gamma = denoiser, y, float(sigma_y), float(gamma)
-        self.schedule = denoiser.schedule
-        self.operator = operator or _same
-        self.shape = tuple(y.shape[1:]) if shape is None else tuple(shape)
-        self.steps, self.power = steps, power
-        self.options = {"corrections": corrections, "tau": tau, "adaptive": adaptive}
+        super().__init__(denoiser, y, sigma_y, **options)  # type: ignore[arg-type]
+        self.adaptive = adaptive
 
     def __call__(self, x_t: Tensor, t: float, /) -> Tensor:
         r"""The posterior denoiser :math:`\hat{x} + (\sigma_t^2 / \alpha_t) g`, since
         :math:`\nabla \log p_t = (\alpha_t \hat{x} - x_t) / \sigma_t^2`."""
-        x_hat, score = _likelihood_terms(self.denoiser, x_t, t, self.y, self.sigma_y, self.gamma, self.operator)
+        operator = self.operator
+        x_hat, score = _likelihood_terms(self.denoiser, x_t, t, self.y, self.sigma_y, self.gamma, operator)  # type: ignore[arg-type]
         alpha, sigma = alpha_sigma(self.schedule, t)
         return x_hat + (sigma**2 / alpha) * score
 
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
         """One draw per observation, shaped ``(B, *shape)``."""
-        x = prior_noise(
-            self.schedule, (self.y.shape[0], *self.shape), generator=generator, device=self.y.device, dtype=self.y.dtype
-        )
-        return PC(self, generator=generator, **self.options)(x, 1.0, 0.0, self.steps, power=self.power)  # type: ignore[arg-type]
+        corrector = PC(self, generator=generator, corrections=self.corrections, tau=self.tau, adaptive=self.adaptive)
+        return corrector(self.prior_noise(generator), 1.0, 0.0, self.steps, power=self.power)
 
     @property
     def nfe(self) -> int:
         """Evaluations of the posterior denoiser, each one forward and one backward pass."""
-        return self.steps * (1 + int(self.options["corrections"])) + 1
+        return self.steps * (1 + self.corrections) + 1
