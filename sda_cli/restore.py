@@ -300,7 +300,8 @@ def restore(
     device = next(model.parameters()).device
     if generator is None:
         generator, _ = seeded_generator(seed, random_stream(denoising), device)
-    denoiser = TiledDenoiser(model, *default_tile(model, tile), batch_pixels(kind))
+    side, overlap, grid = default_tile(model, tile)
+    denoiser = TiledDenoiser(model, side, overlap, batch_pixels(kind), grid=grid)
     given = {"steps": steps} if steps is not None else {}
     given |= {name: value for name, value in options.items() if value is not None}
     channels = model.backbone.config.channels

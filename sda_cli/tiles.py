@@ -47,6 +47,7 @@ from torch import Tensor
 
 from sda_cli.denoiser import Denoiser, JacobianProducts
 from sda_cli.sampler import DenoiserLike
+from sda_cli.unet import pad_to_multiple
 
 __all__ = [
     "BACKWARD_FACTOR",
@@ -224,14 +225,18 @@ whole image away from its edges, so large tiles with a narrow overlap (1/16 of t
 little on overlaps (``benchmarks/RESULTS.md``, photo model)."""
 
 
-def default_tile(model: Denoiser, tile: int | None = None) -> tuple[int, int]:
-    """The tile side and overlap: a given ``tile`` with 1/8 of it as overlap; with none, :data:`LOCAL_TILE` and 1/16
-    of it for a local network, else :data:`TILE` and 1/8 of it."""
-    if tile is not None:
-        return tile, tile // 8
+def default_tile(model: Denoiser, tile: int | None = None) -> tuple[int, int, int]:
+    """The tile side, overlap and grid: a given ``tile`` with 1/8 of it as overlap; with none, :data:`LOCAL_TILE` and
+    1/16 of it for a local network, else :data:`TILE` and 1/8 of it. A local network's tiles start on its
+    downsampling grid (the grid is its factor; side and overlap rounded up to multiples of it), so that each tile
+    computes the whole image's numbers away from its edges; a global network's grid is 1."""
     config = model.backbone.config
     local = getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
-    return (LOCAL_TILE, LOCAL_TILE // 16) if local else (TILE, TILE // 8)
+    grid = int(getattr(config, "factor", 1)) if local else 1
+    if tile is not None:
+        side = -(-tile // grid) * grid
+        return side, -(-(tile // 8) // grid) * grid, grid
+    return (LOCAL_TILE, LOCAL_TILE // 16, grid) if local else (TILE, TILE // 8, grid)
 
 
 class TiledDenoiser(JacobianProducts):
@@ -239,7 +244,10 @@ class TiledDenoiser(JacobianProducts):
 
     Images larger than ``tile`` are evaluated in overlapping tiles blended by a raised-cosine crossfade
     (:func:`sda_cli.tiles.map_tiles`); batches of small images in chunks. The caller's state stays whole, so a
-    sampler draws one noise field per image and its draws have no seams: only :math:`\hat{x}` is stitched.
+    sampler draws one noise field per image and its draws have no seams: only :math:`\hat{x}` is stitched. With a
+    ``grid`` (a local network's downsampling factor; ``tile`` and ``overlap`` multiples of it) the image is first padded
+    to a multiple of it as the network pads (:func:`sda_cli.unet.pad_to_multiple`), so that every tile starts on the
+    network's grid, and the result is cropped back.
     """
 
     def __init__(
@@ -249,14 +257,19 @@ class TiledDenoiser(JacobianProducts):
         overlap: int,
         batch_pixels: int,
         on_tiles: Callable[[int], None] | None = None,
+        grid: int = 1,
     ) -> None:
+        if tile % grid or overlap % grid:
+            raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of the grid {grid}")
         self.denoiser, self.tile, self.overlap, self.batch_pixels = denoiser, tile, overlap, batch_pixels
+        self.grid = grid
         self.schedule = denoiser.schedule
         self.on_tiles = on_tiles
         """Called after each network call with the number of tiles (or small images) it evaluated."""
 
     def tiles_per_image(self, height: int, width: int) -> int:
         """Tiles in one evaluation of an image of this size (1 when it is not tiled)."""
+        height, width = (-(-side // self.grid) * self.grid for side in (height, width))
         return len(tile_starts(height, self.tile, self.overlap)) * len(tile_starts(width, self.tile, self.overlap))
 
     def _network(self, t: float) -> Callable[[Tensor], Tensor]:
@@ -280,7 +293,9 @@ class TiledDenoiser(JacobianProducts):
         with torch.no_grad():
             if self._small(x_t):
                 return torch.cat([network(x_t[part]) for part in self._chunks(x_t)])
-            return map_tiles(network, x_t, self.tile, self.overlap, batch_pixels=self.batch_pixels)
+            padded = pad_to_multiple(x_t, self.grid)
+            out = map_tiles(network, padded, self.tile, self.overlap, batch_pixels=self.batch_pixels)
+            return out[..., : x_t.shape[-2], : x_t.shape[-1]]
 
     def linearise(self, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         r""":math:`\hat{x}` and the map :math:`v \mapsto J^\top v` for several products at one point: the forward
@@ -313,4 +328,14 @@ class TiledDenoiser(JacobianProducts):
         if self._small(x_t):
             parts = [map_tiles_vjp(network, x_t[part], v[part], self.tile) for part in self._chunks(x_t)]
             return x_hat, torch.cat(parts)
-        return x_hat, map_tiles_vjp(network, x_t, v, self.tile, self.overlap, batch_pixels=self.batch_pixels)
+        with torch.enable_grad():  # the padding is linear: its transpose folds the padded rows back
+            x = x_t.detach().requires_grad_(True)
+            padded = pad_to_multiple(x, self.grid)
+        rows, cols = padded.shape[-2] - x_t.shape[-2], padded.shape[-1] - x_t.shape[-1]
+        v_padded = torch.nn.functional.pad(v, (0, cols, 0, rows))
+        product = map_tiles_vjp(
+            network, padded.detach(), v_padded, self.tile, self.overlap, batch_pixels=self.batch_pixels
+        )
+        if rows or cols:
+            (product,) = torch.autograd.grad(padded, x, product)
+        return x_hat, product

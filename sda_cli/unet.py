@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "UNetConfig"]
+__all__ = ["UNet", "UNetConfig", "pad_to_multiple"]
 
 
 NORMS = ("group", "none")
@@ -162,6 +162,18 @@ def _level(widths_in: list[int], width: int, embedding: int, attention: bool, cf
     return nn.ModuleList(Block(w, width, embedding, attention, cfg) for w in widths_in)
 
 
+def pad_to_multiple(z: Tensor, factor: int) -> Tensor:
+    """``z`` padded at the bottom and right to sides that are multiples of ``factor``: by reflection, or by repeating
+    the edge where the image is too small to reflect. What the U-Net does to inputs off its downsampling grid, and
+    what :class:`sda_cli.tiles.TiledDenoiser` does before cutting tiles on that grid."""
+    height, width = z.shape[-2:]
+    pad_h, pad_w = (-height) % factor, (-width) % factor
+    if not (pad_h or pad_w):
+        return z
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(z, (0, pad_w, 0, pad_h), mode=mode)
+
+
 class UNet(nn.Module):
     """A diffusion U-Net :math:`F_\\theta(z, c)` configured by :class:`UNetConfig`."""
 
@@ -213,11 +225,7 @@ class UNet(nn.Module):
 
     def forward(self, z: Tensor, c: Tensor) -> Tensor:
         height, width = z.shape[-2:]
-        f = self.config.factor
-        pad_h, pad_w = (-height) % f, (-width) % f
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            z = F.pad(z, (0, pad_w, 0, pad_h), mode=mode)
+        z = pad_to_multiple(z, self.config.factor)
 
         emb = self.embed(c)
         h = self.stem(self.unshuffle(z))

@@ -212,7 +212,7 @@ def configs(draw: st.DrawFn) -> Any:
 
 
 ACCEPTED_AT_LEAST = 20
-"""Of the 150 configs drawn, those that ``check_config`` must accept at least (measured: 34 accepted, 116 refused)."""
+"""Of the 150 configs drawn, those that ``check_config`` must accept at least (measured: 37 accepted, 113 refused)."""
 
 
 def test_an_accepted_config_builds_and_runs() -> None:

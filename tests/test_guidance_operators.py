@@ -1,4 +1,5 @@
-r"""Posterior methods for y = A x + sigma_y n (blur, downsampling, mask, a combination) against the closed form.
+r"""Posterior methods for y = A x + sigma_y n (blur, an off-centre kernel, downsampling, mask, a combination) against
+the closed form.
 
 Data: 6 x 6 one-channel images x ~ N(mu, Sigma) with Sigma_ij = 0.25 exp(-|p_i - p_j| / 3), an exponential covariance
 of the distance between pixels (smooth, image-like: eigenvalues from 0.036 to 3.7), and a random mean. For a linear A
@@ -19,6 +20,12 @@ other methods are approximations, measured on draws d of the posterior of many o
 Each method's test asserts two-sided bounds on these figures, chosen from the measurements (quoted in the test) with a
 margin of several Monte Carlo standard errors: a change that makes a method's draws narrower or wider than measured
 fails, and so does one that breaks the operator or the likelihood.
+
+Transposes: the blur and the mask are symmetric matrices on these images, and so is the exact denoiser's Jacobian (a
+posterior covariance), so with them alone an A or a J used where its transpose belongs changes no number. The
+off-centre kernel (``SKEWED_KERNEL``) makes A non-symmetric, and ``SkewedDenoiser``, an affine denoiser with a
+closed-form non-symmetric Jacobian, does the same for J: MMPS's posterior denoiser and one step each of DPS and
+DiffPIR are checked against their equations written out with these matrices (last section).
 """
 
 from __future__ import annotations
@@ -213,7 +220,7 @@ CALIBRATED = {"ratio": (1.85, 2.35), "variance": (0.93, 1.12), "determined": (0.
 
 BOUNDS: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
     # measured on four sets of observations (seeds 10, 20, 30, 40): ratio, mean square, determined, undetermined
-    ("mmps", "blur"): CALIBRATED,  # 2.00-2.07, 0.99-1.03, 0.94-1.00, 1.01-1.06
+    ("mmps", "blur"): CALIBRATED,  # 2.05-2.12, 1.02-1.07, 0.95-1.02, 1.07-1.12 (remeasured; 1.01-1.06 quoted before)
     ("mmps", "kernel"): CALIBRATED,  # 2.10-2.15, 1.06-1.11, 1.01-1.08, 1.12-1.14
     ("mmps", "downsample"): CALIBRATED,  # 2.00-2.07, 1.01-1.05, 1.00-1.07, 1.01-1.04
     ("mmps", "mask"): CALIBRATED,  # 2.03-2.12, 1.01-1.06, 1.02-1.06, 0.97-1.05
@@ -593,7 +600,13 @@ def test_one_dps_step_is_its_equation(name: str, kind: str) -> None:
         r = observed - x_hat @ a.T
         grad = -(r / r.norm(dim=1, keepdim=True)) @ a @ j
         expected = alpha_s * x_hat + sigma_s * (keep * eps + (1 - keep**2) ** 0.5 * z) - zeta * grad
-        torch.testing.assert_close(out.flatten(1), expected, rtol=1e-10, atol=1e-10, msg=f"t = {t}, s = {s}")
+        torch.testing.assert_close(
+            out.flatten(1),
+            expected,
+            rtol=1e-10,
+            atol=1e-10,
+            msg=lambda m, t=t, s=s: f"{m}\nstep from t = {t} to s = {s}",
+        )
 
 
 @pytest.mark.parametrize("name", list(OPERATORS))
@@ -626,4 +639,6 @@ def test_one_diffpir_step_is_its_equation(name: str) -> None:
         x_prox = x_hat + data_step
         eps = (x_t - alpha_t * x_prox) / sigma_t
         expected = alpha_s * x_prox + sigma_s * ((1 - zeta) ** 0.5 * eps + zeta**0.5 * z)
-        torch.testing.assert_close(out.flatten(1), expected, rtol=1e-9, atol=1e-9, msg=f"t = {t}, s = {s}")
+        torch.testing.assert_close(
+            out.flatten(1), expected, rtol=1e-9, atol=1e-9, msg=lambda m, t=t, s=s: f"{m}\nstep from t = {t} to s = {s}"
+        )
