@@ -132,7 +132,9 @@ class PosteriorMethod:
                 f"method {self.name} denoises only (y = x + noise); for another operator use one of "
                 f"{', '.join(_operator_methods())}"
             )
-        if operator is None or isinstance(operator, LinearOperator):
+        if operator is None and shape is None:  # denoising: y holds images of any shape, (B, C, H, W) or (B, D)
+            self.operator, self.y, self.shape, self.sigma_y = Identity(), y, tuple(y.shape[1:]), float(sigma_y)
+        elif operator is None or isinstance(operator, LinearOperator):
             self.operator, self.y, self.shape, self.sigma_y = linear_observation(operator, y, sigma_y, shape)
         elif self.nonlinear:
             self.operator, self.y, self.sigma_y = operator, y, float(sigma_y)
