@@ -117,15 +117,15 @@ def check_request(
     steps: int | None = None,
     options: dict[str, float | None] | None = None,
     *,
-    sigma: float | None = None,
+    sigma: float | Sequence[float] | None = None,
     spread: bool = False,
     denoising: bool = True,
     clipped: str = "auto",
     inflation: float | str = "auto",
 ) -> tuple[type[PosteriorMethod], int]:
     """Check a request before any work: the method, its draws (at least 2 for a ``spread``), steps and options, the
-    noise level, whether it can take an operator other than the identity (``denoising`` False), ``clipped`` and
-    ``inflation``. Returns the method's class and the number of draws (its default if none)."""
+    noise level (one, or one per image), whether it can take an operator other than the identity (``denoising``
+    False), ``clipped`` and ``inflation``. Returns the method's class and the number of draws (its default if none)."""
     kind = get_method(method)
     draws = kind.SAMPLES if samples is None else samples
     kind.check_samples(draws)
@@ -135,10 +135,10 @@ def check_request(
             "(--samples 8), with a method such as mean or mmps"
         )
     kind.check_options(steps, options or {})
-    if sigma is not None:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf:
-            raise ValueError(f"sigma must be a finite number >= 0 of [0, 1] pixel units, got {sigma!r}")
-        kind.check_sigma_y(2 * float(sigma))
+    for level in [] if sigma is None else [sigma] if isinstance(sigma, (int, float)) else set(sigma):
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level < math.inf:
+            raise ValueError(f"sigma must be a finite number >= 0 of [0, 1] pixel units, got {level!r}")
+        kind.check_sigma_y(2 * float(level))
     if not denoising and kind.identity_only:
         others = ", ".join(name for name, other in _methods().items() if not other.identity_only)
         raise ValueError(f"method {method} denoises only (y = x + noise); for this operator use one of {others}")
@@ -290,9 +290,7 @@ def restore(
     if len(levels) != count:
         raise ValueError(f"got {len(levels)} noise levels for {count} images")
     denoising = isinstance(operator, Identity)
-    kind, draws = check_request(method, samples, steps, options, denoising=denoising, clipped=clipped)
-    for level in set(levels):
-        check_request(method, draws, sigma=level)
+    kind, draws = check_request(method, samples, steps, options, sigma=levels, denoising=denoising, clipped=clipped)
     inflation = parse_inflation(inflation)
     shape = (colours, *image_size(operator, height, width))
     if tuple(operator.out_shape((count, *shape))) != tuple(batch.shape):
