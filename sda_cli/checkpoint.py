@@ -37,6 +37,7 @@ from sda_cli.unet import NORMS, UNet, UNetConfig
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "ModelChoiceError",
     "build_denoiser",
     "check_config",
     "complete_config",
@@ -72,6 +73,11 @@ class CheckpointError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split("\n")).replace("\r", " "))
+
+
+class ModelChoiceError(CheckpointError):
+    """A ``--model`` that names no model sda can use: a missing path or Hub id, a folder that is not a DDPM (a usage
+    error, exit code 2, unlike a damaged file)."""
 
 
 def complete_config(config: dict[str, Any]) -> dict[str, Any]:

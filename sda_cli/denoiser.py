@@ -18,6 +18,8 @@ Parametrisations of :math:`\hat{x}(x_t, t) \approx \mathbb{E}[x \mid x_t]`:
 * ``eps`` (Ho et al., 2020): :math:`F` predicts :math:`\varepsilon` from :math:`c_\text{in} z` with
   :math:`c_\text{in} = 1/\sqrt{\rho^2+1}`, and :math:`\hat{x} = z - \rho \hat{\varepsilon}`; loss
   :math:`\lVert F - \varepsilon \rVert^2`.
+* ``x``: :math:`F` predicts :math:`x` itself from the same :math:`c_\text{in} z` (:math:`c_\text{skip} = 0`,
+  :math:`c_\text{out} = 1`), as DDPMs with ``prediction_type="sample"`` do; loss :math:`\lVert F - x \rVert^2`.
 
 The other two views follow by identity (Vincent, 2011; Song et al., 2021):
 
@@ -54,7 +56,7 @@ __all__ = [
     "cpu_has_native_bf16",
 ]
 
-PARAMETRISATIONS = ("edm", "v", "eps")
+PARAMETRISATIONS = ("edm", "v", "eps", "x")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -106,7 +108,7 @@ class DenoiserConfig:
 
     @property
     def sigma_data(self) -> float:
-        return 1.0 if self.parametrisation == "v" else 0.5
+        return 0.5 if self.parametrisation == "edm" else 1.0
 
 
 def _expand(t: Tensor, x: Tensor) -> Tensor:
@@ -172,6 +174,8 @@ class Denoiser(JacobianProducts, nn.Module):
     def _coefficients(self, rho: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.config.parametrisation == "eps":
             return 1 / torch.sqrt(rho**2 + 1), torch.ones_like(rho), -rho
+        if self.config.parametrisation == "x":
+            return 1 / torch.sqrt(rho**2 + 1), torch.zeros_like(rho), torch.ones_like(rho)
         sd = self.config.sigma_data
         norm = torch.sqrt(rho**2 + sd**2)
         return 1 / norm, sd**2 / norm**2, rho * sd / norm

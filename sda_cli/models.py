@@ -1,7 +1,9 @@
 """The shipped models by name, and loading a model for inference: what ``--model`` and ``sda_cli.load_model`` take.
 
-A model is a safetensors file whose metadata holds the JSON config that rebuilds it (:mod:`sda_cli.checkpoint`).
-The shipped ones live in ``checkpoints/`` and are named by their file's stem.
+A model is a safetensors file whose metadata holds the JSON config that rebuilds it (:mod:`sda_cli.checkpoint`), or a
+pretrained diffusers DDPM: a pipeline folder, a ``UNet2DModel`` folder with its scheduler config, or a Hub id found in
+the local Hugging Face cache (:mod:`sda_cli.diffusers`, imported only then). The shipped ones live in
+``checkpoints/`` and are named by their file's stem.
 """
 
 from __future__ import annotations
@@ -10,10 +12,18 @@ from pathlib import Path
 
 import torch
 
-from sda_cli.checkpoint import CheckpointError, read_checkpoint
+from sda_cli.checkpoint import CheckpointError, ModelChoiceError, read_checkpoint
 from sda_cli.denoiser import Denoiser, autocast_dtype
+from sda_cli.diffusers import HUB_ID, from_hub_cache, load_diffusers
 
-__all__ = ["CHECKPOINTS", "SHIPPED", "flops_per_pixel", "load_model", "pick_device", "resolve_model"]
+__all__ = [
+    "CHECKPOINTS",
+    "SHIPPED",
+    "flops_per_pixel",
+    "load_model",
+    "pick_device",
+    "resolve_model",
+]
 
 
 def _shipped_folder() -> Path:
@@ -36,7 +46,8 @@ SHIPPED: dict[str, str] = {
 
 
 def resolve_model(model: str | Path | None, default: str = "cifar10") -> Path:
-    """The file of ``model``: a shipped name, a path, or ``None`` for ``default``."""
+    """Where ``model`` is: a shipped name's file, a path (a file, or a diffusers folder), or a Hub id's folder in the
+    local Hugging Face cache; ``None`` for ``default``."""
     name = default if model is None else str(model)
     if name in SHIPPED:
         path = CHECKPOINTS / f"{name}.safetensors"
@@ -44,10 +55,14 @@ def resolve_model(model: str | Path | None, default: str = "cifar10") -> Path:
             raise CheckpointError(f"the shipped model {name!r} is missing ({path}); reinstall sda or pass --model FILE")
         return path
     path = Path(name)
-    if not path.is_file():
+    if path.exists():
+        return path
+    if not HUB_ID.fullmatch(name):
         names = ", ".join(SHIPPED)
-        raise CheckpointError(f"no model at {path}; pass a shipped model ({names}) or a .safetensors file")
-    return path
+        raise ModelChoiceError(
+            f"no model at {path}; pass a shipped model ({names}), a .safetensors file or a diffusers model folder"
+        )
+    return from_hub_cache(name)
 
 
 def flops_per_pixel(model: dict[str, object], side: int) -> float:
@@ -84,9 +99,13 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
 def load_model(
     model: str | Path | None = None, *, device: str | torch.device = "auto", precision: str = "auto"
 ) -> Denoiser:
-    """A model ready for inference: a shipped name (``cifar10``) or a path, on ``device``, its network run at
-    ``precision`` (``auto``: bf16 where the hardware computes it natively, float32 elsewhere; ``bf16``, ``fp16``,
-    ``fp32``)."""
+    """A model ready for inference: a shipped name (``cifar10``), a path (a ``.safetensors`` file or a diffusers folder)
+    or a Hub id in the local cache, on ``device``, its network run at ``precision`` (``auto``: bf16 where the hardware
+    computes it natively, float32 elsewhere; ``bf16``, ``fp16``, ``fp32``)."""
     torch_device = pick_device(device)
-    denoiser, _ = read_checkpoint(resolve_model(model), torch_device, autocast_dtype(precision, torch_device))
+    dtype = autocast_dtype(precision, torch_device)
+    path = resolve_model(model)
+    if path.is_dir():
+        return load_diffusers(path, torch_device, dtype)
+    denoiser, _ = read_checkpoint(path, torch_device, dtype)
     return denoiser

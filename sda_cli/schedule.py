@@ -13,6 +13,8 @@ References:
     Rozet & Louppe, "Score-based Data Assimilation", NeurIPS 2023 (cosine VP schedule).
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021 (VE and VP SDEs).
     Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020 (linear betas).
+    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022 (a discrete
+    model's noise levels as a continuous schedule, interpolated in log rho: their appendix C.3.4 and k-diffusion).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CosineSchedule", "LinearSchedule", "Schedule", "VESchedule", "make_schedule"]
+__all__ = ["CosineSchedule", "DiscreteSchedule", "LinearSchedule", "Schedule", "VESchedule", "make_schedule"]
 
 
 class Schedule:
@@ -144,10 +146,72 @@ class LinearSchedule(Schedule):
         return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max, "eta": self.eta}
 
 
+class DiscreteSchedule(Schedule):
+    r"""The variance-preserving schedule of a discrete-time model: ``alphas_cumprod`` :math:`\bar\alpha_k`,
+    :math:`k = 0, \dots, T - 1` (a DDPM's training steps), in continuous time.
+
+    Step :math:`k` has the noise ratio :math:`\rho_k = \sqrt{(1 - \bar\alpha_k) / \bar\alpha_k}`. Time
+    :math:`t \in [0, 1]` is the fractional step :math:`\kappa = t (T - 1)`, between which :math:`\log \rho` is
+    linear, and
+
+    .. math:: \alpha_t = 1 / \sqrt{1 + \rho_t^2}, \qquad \sigma_t = \rho_t \alpha_t,
+
+    so that at :math:`t = k / (T - 1)`, :math:`\alpha_t = \sqrt{\bar\alpha_k}` and :math:`\sigma_t =
+    \sqrt{1 - \bar\alpha_k}`: the model's own kernel :math:`x_k = \sqrt{\bar\alpha_k} x +
+    \sqrt{1 - \bar\alpha_k} \varepsilon`. Its range is :math:`[\rho_0, \rho_{T-1}]`; the inverse clamps to it.
+    """
+
+    name = "discrete"
+
+    def __init__(self, alphas_cumprod: list[float] | Tensor) -> None:
+        bar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if bar.numel() < 2 or not bool(((bar > 0) & (bar < 1)).all()):
+            raise ValueError("alphas_cumprod needs at least two values, each strictly between 0 and 1")
+        self.alphas_cumprod = bar
+        self.log_ratios = 0.5 * torch.log((1 - bar) / bar)
+        r""":math:`\log \rho_k`, increasing in :math:`k`."""
+        if not bool((self.log_ratios.diff() > 0).all()):
+            raise ValueError("alphas_cumprod must decrease strictly: each step adds noise")
+
+    @property
+    def steps(self) -> int:
+        """:math:`T`, the number of the model's own noise levels."""
+        return self.log_ratios.numel()
+
+    def log_ratio_at(self, index: Tensor) -> Tensor:
+        r""":math:`\log \rho` at the fractional steps ``index`` in :math:`[0, T - 1]`, linear between steps."""
+        table = self.log_ratios.to(index.device)
+        kappa = index.double().clamp(0, self.steps - 1)
+        low = kappa.floor().clamp(max=self.steps - 2)
+        fraction = kappa - low
+        low = low.long()
+        return (table[low] * (1 - fraction) + table[low + 1] * fraction).to(index.dtype)
+
+    def index_of_log_ratio(self, log_ratio: Tensor) -> Tensor:
+        r"""The fractional step whose :math:`\log \rho` is ``log_ratio`` (clamped to the model's range), float64."""
+        table = self.log_ratios.to(log_ratio.device)
+        value = log_ratio.double().clamp(float(table[0]), float(table[-1]))
+        high = torch.searchsorted(table, value).clamp(1, self.steps - 1)
+        low = high - 1
+        return low + (value - table[low]) / (table[high] - table[low])
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        rho = torch.exp(self.log_ratio_at(t * (self.steps - 1)))
+        alpha = torch.rsqrt(1 + rho**2)
+        return alpha, rho * alpha
+
+    def time_of_ratio(self, ratio: Tensor) -> Tensor:
+        return (self.index_of_log_ratio(torch.log(ratio)) / (self.steps - 1)).to(ratio.dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "alphas_cumprod": self.alphas_cumprod.tolist()}
+
+
 _SCHEDULES: dict[str, type[Schedule]] = {
     "cosine": CosineSchedule,
     "ve": VESchedule,
     "linear": LinearSchedule,
+    "discrete": DiscreteSchedule,
 }
 
 

@@ -201,7 +201,7 @@ def test_sample_grid_and_folder_are_seeded(tmp_path: Path, tiny_model: Path) -> 
         (
             ["denoise", "{img}", "--sigma", "0.1", "-o", "{tmp}/x.png", "--model", "{tmp}/none.safetensors"],
             "no model at",
-            1,
+            2,
         ),
         (
             ["denoise", "{img}", "--sigma", "0.1", "-o", "{tmp}/x.png", "--model", "{img}"],

@@ -39,8 +39,8 @@ from sda_cli.unet import UNet, UNetConfig
 F64 = torch.float64
 SHAPE = (2, 4, 4)  # C, H, W
 DIM = math.prod(SHAPE)
-PARAMETRISATIONS = ["edm", "v", "eps"]
-SIGMA_DATA = {"edm": 0.5, "v": 1.0, "eps": 1.0}  # eps: the input scaling only
+PARAMETRISATIONS = ["edm", "v", "eps", "x"]
+SIGMA_DATA = {"edm": 0.5, "v": 1.0, "eps": 1.0, "x": 1.0}  # eps, x: the input scaling only
 
 
 class RatioSchedule(Schedule):
@@ -56,6 +56,8 @@ def coefficients(parametrisation: str, rho: Tensor) -> tuple[Tensor, Tensor, Ten
     c_in = 1 / torch.sqrt(rho**2 + sd**2)
     if parametrisation == "eps":  # x_hat = z - rho F
         return c_in, torch.ones_like(rho), -rho
+    if parametrisation == "x":  # x_hat = F
+        return c_in, torch.zeros_like(rho), torch.ones_like(rho)
     return c_in, sd**2 / (rho**2 + sd**2), rho * sd / torch.sqrt(rho**2 + sd**2)
 
 

@@ -12,7 +12,7 @@ import traceback
 
 import typer
 
-from sda_cli.checkpoint import CheckpointError
+from sda_cli.checkpoint import CheckpointError, ModelChoiceError
 from sda_cli.cli.app import app
 from sda_cli.cli.common import UsageError, one_line, say, settings
 from sda_cli.images import ImageError
@@ -56,7 +56,7 @@ def main() -> None:
     except Exception as error:
         _traceback(error)
         say(f"error: {_describe(error)}")
-        code = EXIT_USAGE if isinstance(error, UsageError) else 1
+        code = EXIT_USAGE if isinstance(error, (UsageError, ModelChoiceError)) else 1
     if code == EXIT_INTERRUPTED:
         say("interrupted")
     sys.exit(code if isinstance(code, int) else 0)

@@ -80,6 +80,11 @@ def calibrate_command(
     if not files:
         raise UsageError("no image files found in the inputs; pass clean image files or folders that hold some")
     source = resolve_model(model)
+    if source.is_dir():
+        raise UsageError(
+            f"--model {model} is a diffusers model; sda calibrate writes a calibrated copy of an sda checkpoint "
+            "(.safetensors), so pass one of those"
+        )
     denoiser = model_from(str(source), device_from(device), verbose, precision, "cifar10")
     try:
         check_calibration(denoiser, levels, samples, steps)

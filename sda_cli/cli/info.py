@@ -1,4 +1,4 @@
-"""``sda info``: a checkpoint's config, or the shipped models."""
+"""``sda info``: a checkpoint's config, a diffusers model's parts and schedule, or the shipped models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 
 from sda_cli.checkpoint import parameter_count, read_metadata
 from sda_cli.cli.app import app
+from sda_cli.diffusers import describe
 from sda_cli.models import CHECKPOINTS, SHIPPED, flops_per_pixel, resolve_model
 
 __all__ = ["info_command"]
@@ -17,12 +18,17 @@ __all__ = ["info_command"]
 @app.command("info")
 def info_command(
     model: Annotated[
-        str | None, typer.Argument(help="A shipped model's name or a checkpoint file; none: list the shipped models.")
+        str | None,
+        typer.Argument(
+            help="A shipped model's name, a checkpoint file, a diffusers folder or a cached Hub id; none: list the "
+            "shipped models."
+        ),
     ] = None,
 ) -> None:
-    """Print a checkpoint's config (the JSON in its metadata), or list the shipped models."""
+    """Print a checkpoint's config (the JSON in its metadata) or a diffusers model's, or list the shipped models."""
     if model is not None:
-        typer.echo(json.dumps(read_metadata(resolve_model(model)), indent=2))
+        path = resolve_model(model)
+        typer.echo(json.dumps(describe(path) if path.is_dir() else read_metadata(path), indent=2))
         return
     for name, what in SHIPPED.items():
         path = CHECKPOINTS / f"{name}.safetensors"

@@ -91,7 +91,7 @@ def train_command(
     noise_std: Annotated[
         float, typer.Option(min=0.01, help="Standard deviation of log(sigma_t/alpha_t) of the training noise levels.")
     ] = 1.2,
-    parametrisation: Annotated[str, typer.Option(help="edm, v or eps.")] = "edm",
+    parametrisation: Annotated[str, typer.Option(help="edm, v, eps or x.")] = "edm",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every N steps.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's training state, or from OUT's weights.")] = False,
     device: Device = "auto",
