@@ -192,8 +192,10 @@ def test_the_commands_run_on_a_diffusers_folder(pipeline: Path, image_dir: Path,
 
 def test_images_larger_and_smaller_than_the_model_are_tiled_and_padded(pipeline: Path) -> None:
     from sda_cli.restore import denoise
+    from sda_cli.tiles import default_tile
 
     model = load_model(pipeline, precision="fp32")
+    assert default_tile(model) == (SIZE, SIZE // 8, 1)  # tiles of the model's own size
     for height, width in ((40, 24), (8, 12)):
         pixels = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(5))
         estimate, _ = denoise(model, pixels, 0.1, seed=0)
