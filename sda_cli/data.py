@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 DOWNLOAD_TIMEOUT = 60.0
 """Seconds without an answer before a CIFAR-10 download gives up."""
 
@@ -281,9 +280,7 @@ def _with_mosaics(photos: Dataset, cifar: Dataset, share: float) -> Dataset:
     return Dataset([*photos.images, *mosaics], name, photos.skipped, photos.crop)
 
 
-def check_options(
-    dataset: str, size: int, channels: int, crop: int | None, half_scale: bool, mix_cifar: float
-) -> None:
+def check_options(dataset: str, size: int, channels: int, crop: int | None, half_scale: bool, mix_cifar: float) -> None:
     """Refuse options of :func:`load_dataset` that do not go together (``ValueError``, one line naming the options)."""
     if (half_scale or mix_cifar) and crop is None:
         raise ValueError("--half-scale and --mix-cifar need --crop: they add images to the random crops")
