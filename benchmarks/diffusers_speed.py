@@ -23,7 +23,7 @@ measures the cost of the published architectures through every command. With ran
 nothing: the quality of the real weights cannot be measured here (no download), only their speed and memory, which
 do not depend on the weights' values.
 
-How: ``python benchmarks/diffusers_speed.py --threads 2`` on an otherwise idle machine (``--models cifar10-32`` for a
+How: ``python benchmarks/diffusers_speed.py --threads 2`` on an otherwise idle machine (``--architectures cifar10-32`` for a
 quicker run).
 """
 
@@ -105,7 +105,7 @@ def photo(folder: Path) -> Path:
 
 def main() -> None:
     parser = arguments(__doc__, threads=2, work=True)
-    parser.add_argument("--models", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
+    parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
     parser.add_argument("--repeats", type=int, default=3, help="timed network evaluations (default: 3)")
     args = parse(parser)
     rows, evaluations = [], []
@@ -114,7 +114,7 @@ def main() -> None:
         blurred = work / "blurred.png"
         run_cli("degrade", str(image), "--blur", "1.6", "--sigma", "0.01", "--seed", "0", "-o", str(blurred),
                 threads=args.threads, check=True)  # fmt: skip
-        for name in args.models:
+        for name in args.architectures:
             path, count = build(name, work)
             per_eval = seconds_per_evaluation(path, args.repeats)
             size = ARCHITECTURES[name]["sample_size"]
