@@ -23,8 +23,8 @@ measures the cost of the published architectures through every command. With ran
 nothing: the quality of the real weights cannot be measured here (no download), only their speed and memory, which
 do not depend on the weights' values.
 
-How: ``python benchmarks/diffusers_speed.py --threads 2`` on an otherwise idle machine (``--architectures cifar10-32`` for a
-quicker run).
+How: ``python benchmarks/diffusers_speed.py --threads 2`` on an otherwise idle machine (``--architectures
+cifar10-32`` for a quicker run).
 """
 
 from __future__ import annotations
