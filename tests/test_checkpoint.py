@@ -246,7 +246,11 @@ SHARED_LIMITS = [
     ({"attention_levels": (8,)}, {"model": {"attention_levels": [8]}}, "--attention takes levels from 0 to 7"),
     ({"patch": 17}, {"model": {"patch": 17}}, "--patch must be from 1 to 16"),
     ({"norm": "batch"}, {"model": {"norm": "batch"}}, "--norm must be group or none"),
-    ({"parametrisation": "y"}, {"denoiser": {"parametrisation": "y"}}, "--parametrisation must be one of edm, v, eps, x"),
+    (
+        {"parametrisation": "y"},
+        {"denoiser": {"parametrisation": "y"}},
+        "--parametrisation must be one of edm, v, eps, x",
+    ),
     (
         {"widths": (16, 18), "attention_levels": (1,)},
         {"model": {"widths": [16, 18], "attention_levels": [1]}},
