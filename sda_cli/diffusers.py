@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,14 +294,18 @@ def from_hub_cache(model_id: str) -> Path:
         ) from None
 
 
+def _inspect(root: str | Path) -> tuple[DiffusersFolder, DiffusersConfig, dict[str, Any]]:
+    """The parts of the DDPM in ``root``, its checked config and its scheduler config (the UNet checked first)."""
+    folder = find_folder(Path(root))
+    unet_config, scheduler_config = _json(folder.unet / "config.json"), _json(folder.scheduler)
+    config = _check_unet(folder, unet_config)
+    return folder, replace(config, prediction_type=_check_scheduler(folder, scheduler_config)), scheduler_config
+
+
 def load_diffusers(root: str | Path, device: torch.device, precision: torch.dtype | None) -> Denoiser:
     """The denoiser of the diffusers DDPM in folder ``root``, on ``device``, its network under autocast to
     ``precision`` (``None``: float32), in eval mode."""
-    folder = find_folder(Path(root))
-    unet_config = _json(folder.unet / "config.json")
-    scheduler_config = _json(folder.scheduler)
-    config = _check_unet(folder, unet_config)
-    config = DiffusersConfig(**{**config.__dict__, "prediction_type": _check_scheduler(folder, scheduler_config)})
+    folder, config, scheduler_config = _inspect(root)
     if not (folder.unet / WEIGHTS).is_file():
         if (folder.unet / PICKLE_WEIGHTS).is_file():
             raise ModelChoiceError(
@@ -326,10 +330,7 @@ def load_diffusers(root: str | Path, device: torch.device, precision: torch.dtyp
 
 def describe(root: str | Path) -> dict[str, Any]:
     """What ``sda info`` prints of a diffusers DDPM: its parts, the network's size and the schedule."""
-    folder = find_folder(Path(root))
-    unet_config, scheduler_config = _json(folder.unet / "config.json"), _json(folder.scheduler)
-    config = _check_unet(folder, unet_config)
-    prediction = _check_scheduler(folder, scheduler_config)
+    folder, config, scheduler_config = _inspect(root)
     schedule = DiscreteSchedule(alphas_cumprod(scheduler_config))
     low, high = schedule.ratio_range()
     parameters = None
@@ -347,7 +348,7 @@ def describe(root: str | Path) -> dict[str, Any]:
         "parameters": parameters,
         "channels": config.channels,
         "sample_size": config.sample_size,
-        "prediction_type": prediction,
+        "prediction_type": config.prediction_type,
         "learned_variance": config.learned_variance,
         "num_train_timesteps": schedule.steps,
         "beta_schedule": "trained" if scheduler_config.get("trained_betas") else scheduler_config.get("beta_schedule"),
