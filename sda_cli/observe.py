@@ -62,10 +62,13 @@ def operator_source(
     blur: float | None = None,
     kernel: Path | None = None,
     scale: int | None = None,
+    decimate: int | None = None,
     mask: Path | None = None,
+    boundary: str = "reflect",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Callable[[Path], LinearOperator]:
-    """The observation operator of each input file, from the operator options; a bad blur, kernel or mask file is
+    """The observation operator of each input file, from the operator options (:func:`make_operator`: the blur and the
+    kernel extend the image by ``boundary``); a bad blur, kernel or mask file is
     refused now (``ValueError``), a folder of masks is looked up per input (its mask has the input's file name, or
     its stem; none found: :class:`~sda_cli.images.ImageError` for that input)."""
     if blur is not None and not 0 < blur <= 100:
@@ -77,7 +80,15 @@ def operator_source(
             shared = read_mask(mask, max_pixels)
         except ImageError as error:
             raise ValueError(f"mask {error}") from None
-    make_operator(blur=blur, kernel=weights, scale=scale)  # a bad scale is refused now, not per file
+    if boundary != "reflect" and blur is None and kernel is None:
+        raise ValueError("boundary is for a blur or a kernel: add --blur or --kernel, or leave the boundary out")
+    if decimate is not None and blur is None and kernel is None:
+        raise ValueError(
+            "decimate keeps every K-th pixel of a blurred image; without --blur or --kernel it aliases: "
+            "add one, or use --scale for a block average"
+        )
+    stages = dict(blur=blur, kernel=weights, scale=scale, decimate=decimate, boundary=boundary)
+    make_operator(**stages)  # a bad scale is refused now, not per file
 
     def operator_for(source: Path) -> LinearOperator:
         chosen = shared
@@ -87,6 +98,6 @@ def operator_source(
             if not found:
                 raise ImageError(f"{source}: no mask named {source.name} in {mask}; add one, or pass one --mask file")
             chosen = read_mask(found[0], max_pixels)
-        return make_operator(blur=blur, kernel=weights, scale=scale, mask=chosen)
+        return make_operator(**stages, mask=chosen)
 
     return operator_for

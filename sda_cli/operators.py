@@ -7,17 +7,28 @@ of :math:`A x` (``op.out_shape``):
 * :class:`Kernel`: the convolution :math:`(A x)_{ij} = \sum_{a, b} k_{ab}\, \tilde{x}_{i + r - a,\, j + s - b}` with an
   odd-sided ``(2r + 1) × (2s + 1)`` kernel centred at :math:`(r, s)`, a true convolution (the kernel is flipped, as in
   ``scipy.ndimage.convolve``; for a symmetric kernel convolution and correlation agree). :math:`\tilde{x}` extends the
-  image symmetrically, the edge pixel repeated, ``d c b a | a b c d | d c b a``, which is ``scipy.ndimage``'s
-  ``mode="reflect"`` (and not ``torch.nn.functional.pad``'s ``"reflect"``, which omits the edge pixel). The extension
-  is an index map folded into the matrices of separable 1-D convolutions, so :math:`A^\top` is their transpose;
+  image past its edges by one of two boundaries (:func:`extension_indices`): ``reflect`` (the default), the edge pixel
+  repeated, ``d c b a | a b c d | d c b a``, which is ``scipy.ndimage``'s ``mode="reflect"`` (and not
+  ``torch.nn.functional.pad``'s ``"reflect"``, which omits the edge pixel); or ``circular``, the image repeated
+  periodically, ``a b c d | a b c d | a b c d``, ``scipy.ndimage``'s ``mode="wrap"``, which DPIR's scripts use
+  (Zhang et al., 2021). The extension is an index map folded into the matrices of separable 1-D convolutions, so
+  :math:`A^\top` is their transpose;
 * :class:`Blur`: the kernel :math:`k_{ij} \propto \exp(-(i^2 + j^2) / 2S^2)`, :math:`|i|, |j| \leq \lceil 3S \rceil`,
   normalised to sum 1;
 * :class:`Downsample`: each :math:`K \times K` block replaced by its average; :math:`A^\top` spreads each value over
   its block divided by :math:`K^2`, so :math:`A A^\top = I / K^2`;
+* :class:`Decimate`: every :math:`K`-th pixel of each row and column kept, from the first, ``x[..., ::K, ::K]``:
+  blurred first (:class:`Blur` or :class:`Kernel`), DPIR's "classical" super-resolution degradation
+  :math:`y = (k \otimes x)\downarrow_K`; :math:`A^\top` puts each value back at its pixel and zeros elsewhere, so
+  :math:`A A^\top = I`;
 * :class:`Mask`: :math:`A x = m \odot x` with :math:`m \in \{0, 1\}`, one channel or one per channel;
   :math:`A^\top = A`. Missing values of an observation are zeros: :meth:`LinearOperator.observed` sets them to 0;
 * :class:`Compose`: operators applied in the order given; :func:`make_operator` builds the composition in the order
-  blur, kernel, downsample, mask of ``sda degrade``.
+  blur, kernel, downsample, decimate, mask of ``sda degrade``.
+
+Every operator but a mask (and a kernel of rank above 1) acts on rows and columns apart, :math:`A x = M x N^\top` per
+channel (:meth:`LinearOperator.axis_matrices`), and so does a composition of such operators: the data steps of
+:mod:`sda_cli.proximal` solve with them exactly.
 
 :func:`observation_shape` checks an observation against the images an operator takes, :func:`operator_matrix` gives
 the dense matrix of an operator on small images, and :func:`conjugate_gradient` solves the symmetric positive
@@ -34,14 +45,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BOUNDARIES",
     "Blur",
     "Compose",
+    "Decimate",
     "Downsample",
     "Identity",
     "Kernel",
     "LinearOperator",
     "Mask",
     "conjugate_gradient",
+    "convolution_matrix",
+    "extension_indices",
     "linear_observation",
     "make_operator",
     "minimal_residual",
@@ -49,6 +64,9 @@ __all__ = [
     "operator_matrix",
     "reflect_indices",
 ]
+
+BOUNDARIES = ("reflect", "circular")
+"""How a convolution extends the image past its edges (module docstring)."""
 
 
 def _image_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
@@ -77,6 +95,12 @@ class LinearOperator:
         """``y`` with the values that :math:`A x` never carries (a mask's missing pixels) set to 0."""
         return y
 
+    def axis_matrices(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        r"""The matrices :math:`(M, N)` with :math:`A x = M x N^\top` for each channel of images of
+        ``height × width``, in ``like``'s dtype and device; ``None`` when :math:`A` does not act on rows and columns
+        apart (a mask, a kernel of rank above 1)."""
+        return None
+
 
 class Identity(LinearOperator):
     """:math:`A = I`: denoising."""
@@ -88,6 +112,10 @@ class Identity(LinearOperator):
     def adjoint(self, y: Tensor) -> Tensor:
         return y
 
+    def axis_matrices(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        eye = torch.eye(max(height, width), dtype=like.dtype, device=like.device)
+        return eye[:height, :height], eye[:width, :width]
+
 
 def reflect_indices(size: int, before: int, after: int) -> Tensor:
     """The source index of each position of an axis of ``size`` extended by ``before`` and ``after`` positions,
@@ -97,13 +125,23 @@ def reflect_indices(size: int, before: int, after: int) -> Tensor:
     return torch.where(position < size, position, 2 * size - 1 - position)
 
 
-def reflect_matrix(taps: Tensor, size: int) -> Tensor:
-    r"""The ``size × size`` matrix of the 1-D convolution with odd-length ``taps`` and symmetric boundaries:
+def extension_indices(size: int, before: int, after: int, boundary: str) -> Tensor:
+    """The source index of each position of an axis of ``size`` extended by ``before`` and ``after`` positions:
+    :func:`reflect_indices` for ``reflect``, the position modulo ``size`` for ``circular``."""
+    if boundary == "circular":
+        return torch.arange(-before, size + after) % size
+    if boundary == "reflect":
+        return reflect_indices(size, before, after)
+    raise ValueError(f"the boundary must be one of {', '.join(BOUNDARIES)}, not {boundary!r}")
+
+
+def convolution_matrix(taps: Tensor, size: int, boundary: str = "reflect") -> Tensor:
+    r"""The ``size × size`` matrix of the 1-D convolution with odd-length ``taps``:
     :math:`(M x)_i = \sum_a \text{taps}_a\, \tilde{x}_{i + r - a}`, each extended position's weight added onto the
-    pixel it copies (:func:`reflect_indices`)."""
+    pixel it copies (:func:`extension_indices`)."""
     length = taps.shape[0]
     radius = length // 2
-    source = reflect_indices(size, radius, radius).to(taps.device)
+    source = extension_indices(size, radius, radius, boundary).to(taps.device)
     offsets = (
         torch.arange(size, device=taps.device)[None, :] + 2 * radius - torch.arange(length, device=taps.device)[:, None]
     )
@@ -115,16 +153,20 @@ def reflect_matrix(taps: Tensor, size: int) -> Tensor:
 
 
 class Kernel(LinearOperator):
-    r"""Convolution with an odd-sided 2-D kernel, applied as given to each channel, symmetric boundaries (module
-    docstring). The kernel is not normalised.
+    r"""Convolution with an odd-sided 2-D kernel, applied as given to each channel, with ``reflect`` (the default) or
+    ``circular`` boundaries (module docstring). The kernel is not normalised.
 
     Computed separably: the singular value decomposition :math:`k = \sum_r s_r u_r v_r^\top` (one term for a
     Gaussian, at most the shorter side in general; terms below the rounding level of the largest are dropped) makes
     :math:`A x = \sum_r R_r\, x\, C_r^\top` with :math:`R_r, C_r` the 1-D convolutions by :math:`s_r u_r` and
-    :math:`v_r` along the columns and rows (:func:`reflect_matrix`), and :math:`A^\top y = \sum_r R_r^\top y\, C_r`.
+    :math:`v_r` along the columns and rows (:func:`convolution_matrix`), and
+    :math:`A^\top y = \sum_r R_r^\top y\, C_r`.
     """
 
-    def __init__(self, kernel: Tensor | Sequence[Sequence[float]]) -> None:
+    def __init__(self, kernel: Tensor | Sequence[Sequence[float]], boundary: str = "reflect") -> None:
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"the boundary must be one of {', '.join(BOUNDARIES)}, not {boundary!r}")
+        self.boundary = boundary
         k = torch.as_tensor(kernel, dtype=torch.float64)
         if k.ndim != 2:
             raise ValueError(f"a kernel must be a 2-D array, got shape {tuple(k.shape)}: save a single 2-D array")
@@ -147,10 +189,13 @@ class Kernel(LinearOperator):
         """The pairs :math:`(R_r, C_r)` for images of ``height × width``, in ``like``'s dtype and device (cached)."""
         key = (height, width, like.dtype, like.device)
         if key not in self._matrices:
-            self._matrices[key] = [
-                (reflect_matrix(u, height).to(like), reflect_matrix(v, width).to(like)) for u, v in self.factors
-            ]
+            axis = lambda taps, size: convolution_matrix(taps, size, self.boundary).to(like)  # noqa: E731
+            self._matrices[key] = [(axis(u, height), axis(v, width)) for u, v in self.factors]
         return self._matrices[key]
+
+    def axis_matrices(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        pairs = self.matrices(height, width, like)
+        return pairs[0] if len(pairs) == 1 else None
 
     def __call__(self, x: Tensor) -> Tensor:
         _, _, h, w = _image_shape(x.shape)
@@ -170,13 +215,14 @@ def gaussian_kernel(sigma: float) -> Tensor:
 
 
 class Blur(Kernel):
-    """Gaussian blur of standard deviation ``sigma`` pixels (module docstring)."""
+    """Gaussian blur of standard deviation ``sigma`` pixels, ``reflect`` or ``circular`` boundaries (module
+    docstring)."""
 
-    def __init__(self, sigma: float) -> None:
+    def __init__(self, sigma: float, boundary: str = "reflect") -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
             raise ValueError(f"the blur's standard deviation must be a positive number of pixels, got {sigma!r}")
         self.sigma = float(sigma)
-        super().__init__(gaussian_kernel(self.sigma))
+        super().__init__(gaussian_kernel(self.sigma), boundary)
 
 
 class Downsample(LinearOperator):
@@ -186,6 +232,13 @@ class Downsample(LinearOperator):
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"the scale must be a whole number of pixels >= 1, got {scale!r}")
         self.scale = scale
+
+    def axis_matrices(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        def average(size: int) -> Tensor:
+            eye = torch.eye(size // self.scale, dtype=like.dtype, device=like.device)
+            return eye.repeat_interleave(self.scale, dim=1) / self.scale
+
+        return average(height), average(width)
 
     def out_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         b, c, h, w = _image_shape(shape)
@@ -206,6 +259,27 @@ class Downsample(LinearOperator):
         _image_shape(y.shape)
         k = self.scale
         return y.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1) / k**2
+
+
+class Decimate(Downsample):
+    """Every ``scale``-th pixel of each row and column, from the first (``x[..., ::scale, ::scale]``): the
+    observation is ``scale`` times smaller on each side. Blur first, or it aliases (module docstring)."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.out_shape(x.shape)
+        return x[..., :: self.scale, :: self.scale]
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        b, c, h, w = _image_shape(y.shape)
+        out = y.new_zeros(b, c, h * self.scale, w * self.scale)
+        out[..., :: self.scale, :: self.scale] = y
+        return out
+
+    def axis_matrices(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        def keep(size: int) -> Tensor:
+            return torch.eye(size, dtype=like.dtype, device=like.device)[:: self.scale]
+
+        return keep(height), keep(width)
 
 
 class Mask(LinearOperator):
@@ -270,6 +344,16 @@ class Compose(LinearOperator):
     def observed(self, y: Tensor) -> Tensor:
         return self.operators[-1].observed(y)
 
+    def axis_matrices(self, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        rows = torch.eye(height, dtype=like.dtype, device=like.device)
+        cols = torch.eye(width, dtype=like.dtype, device=like.device)
+        for op in self.operators:
+            pair = op.axis_matrices(rows.shape[0], cols.shape[0], like)
+            if pair is None:
+                return None
+            rows, cols = pair[0] @ rows, pair[1] @ cols
+        return rows, cols
+
 
 def observation_shape(operator: LinearOperator, y: Tensor, shape: Sequence[int] | None) -> tuple[int, ...]:
     """The shape ``(C, H, W)`` of the images behind ``y``: ``shape``, or ``y``'s own; checked against the operator."""
@@ -307,17 +391,21 @@ def make_operator(
     blur: float | None = None,
     kernel: Tensor | None = None,
     scale: int | None = None,
+    decimate: int | None = None,
     mask: Tensor | None = None,
+    boundary: str = "reflect",
 ) -> LinearOperator:
-    """The observation operator of the options given, applied in the order blur, kernel, downsample, mask;
-    :class:`Identity` when none is."""
+    """The observation operator of the options given, applied in the order blur, kernel, downsample (block average),
+    decimate, mask; the blur and the kernel extend the image by ``boundary``; :class:`Identity` when none is."""
     stages: list[LinearOperator] = []
     if blur is not None:
-        stages.append(Blur(blur))
+        stages.append(Blur(blur, boundary))
     if kernel is not None:
-        stages.append(Kernel(kernel))
+        stages.append(Kernel(kernel, boundary))
     if scale is not None:
         stages.append(Downsample(scale))
+    if decimate is not None:
+        stages.append(Decimate(decimate))
     if mask is not None:
         stages.append(Mask(mask))
     if not stages:
@@ -333,20 +421,24 @@ def operator_matrix(operator: Callable[[Tensor], Tensor], shape: Sequence[int]) 
     return operator(basis).reshape(dim, -1).T.contiguous()
 
 
-def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, steps: int, tolerance: float = 0.0) -> Tensor:
     r"""``steps`` conjugate-gradient iterations from 0 for :math:`M u = b`, one system per row of the batch.
 
     :math:`M` (``apply``) must be symmetric positive semi-definite; for a singular :math:`M`, :math:`b` must lie in its
     range, and the iterates then stay in it and approach the minimum-norm solution. In exact arithmetic the
     iterations end at the solution after as many steps as :math:`M` has distinct eigenvalues. A row whose residual
-    or curvature vanishes stops where it is. (Hestenes & Stiefel, 1952.)
+    or curvature vanishes stops where it is. With ``tolerance`` > 0 the iterations end early once every row's
+    residual is below ``tolerance`` times its :math:`\lVert b \rVert`. (Hestenes & Stiefel, 1952.)
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"the conjugate-gradient steps must be an integer >= 0, got {steps!r}")
     dims = tuple(range(1, b.ndim))
     u, r = torch.zeros_like(b), b.clone()
     p, rr = r.clone(), r.square().sum(dims, keepdim=True)
+    target = tolerance**2 * rr
     for _ in range(steps):
+        if tolerance > 0 and bool((rr <= target).all()):
+            break
         q = apply(p)
         curvature = (p * q).sum(dims, keepdim=True)
         alpha = torch.where(curvature > 0, rr / torch.where(curvature > 0, curvature, 1), 0)

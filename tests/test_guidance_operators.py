@@ -357,14 +357,15 @@ def test_method_defaults_against_the_exact_posterior(method: str, name: str) -> 
 
 
 PNP_DISTANCE = {
-    "blur": (0.12, 0.26),
+    "blur": (0.12, 0.31),
     "kernel": (0.03, 0.22),
     "downsample": (0.0, 0.03),
     "mask": (0.0, 0.03),
     "combination": (0.0, 0.04),
 }
-"""operator -> bounds on |PnP - m|^2 / |x - m|^2, over 256 observations at sigma_y 0.1 and 0.02 (measured: blur
-0.19, kernel 0.165 and 0.058, the others 0.001-0.019)."""
+"""operator -> bounds on |PnP - m|^2 / |x - m|^2, over 256 observations at sigma_y 0.1 and 0.02 (measured with the
+exact data step: blur 0.19 and 0.27, kernel 0.165 and 0.059, the others 0.001-0.019; with 8 conjugate-gradient
+steps the blur was 0.19 and below 0.26)."""
 
 
 @pytest.mark.parametrize("name", list(OPERATORS))
@@ -372,8 +373,8 @@ def test_pnp_estimate_against_the_exact_posterior_mean(name: str) -> None:
     """PnP (its defaults, the exact Gaussian denoiser) against the posterior mean m, the best estimate there is, on
     256 observations at sigma_y 0.1 and 0.02. Its squared distance to m, relative to m's own error, must lie in the
     measured band: within 4% of m's error for the block average, the mask and the combination (whose data steps are
-    exact projections), 12-26% for the blur and 3-22% for the off-centre kernel (its half-quadratic splitting stops
-    at rho = sigma_y, short of the deconvolution's fixed point). So PnP's error is at most 1.04 (1.26 for the blur)
+    exact projections), 12-31% for the blur and 3-22% for the off-centre kernel (its half-quadratic splitting stops
+    at rho = sigma_y, short of the deconvolution's fixed point). So PnP's error is at most 1.04 (1.31 for the blur)
     times the posterior mean's. Its smooth start is at least twice as far from m as PnP's estimate (measured 2.3 for
     the kernel at sigma_y 0.02, whose least-squares start is already good, 7.6 to 1900 elsewhere): a PnP that stopped
     using the prior or the observation fails."""

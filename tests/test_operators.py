@@ -15,6 +15,7 @@ from torch import Tensor
 from sda_cli.operators import (
     Blur,
     Compose,
+    Decimate,
     Downsample,
     Identity,
     Kernel,
@@ -84,6 +85,37 @@ def test_blur_kernel_and_output(sigma: float) -> None:
     torch.testing.assert_close(blur(flat), flat, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize(("shape", "kernel_shape"), [((2, 3, 8, 9), (3, 5)), ((1, 1, 4, 5), (11, 7))])
+def test_circular_kernel_is_scipys_wrapping_convolution(shape: tuple[int, ...], kernel_shape: tuple[int, int]) -> None:
+    """With circular boundaries, a random kernel (also one larger than the image) gives the numbers of
+    scipy.ndimage.convolve(mode="wrap"), DPIR's degradation, and they differ from the reflecting ones near the
+    edges only."""
+    x, kernel = randn(*shape, seed=1), randn(*kernel_shape, seed=2)
+    out = Kernel(kernel, "circular")(x)
+    wrapped = [[ndimage.convolve(c.numpy(), kernel.numpy(), mode="wrap") for c in image] for image in x]
+    torch.testing.assert_close(out, torch.from_numpy(np.array(wrapped)), rtol=1e-12, atol=1e-12)
+    assert float((out - Kernel(kernel)(x)).abs().max()) > 0.1
+    big = randn(1, 1, 20, 20, seed=3)
+    inner = (Blur(1.0, "circular")(big) - Blur(1.0)(big))[..., 3:-3, 3:-3]
+    assert float(inner.abs().max()) < 1e-12
+
+
+def test_decimate_keeps_every_kth_pixel_from_the_first() -> None:
+    """x[..., ::K, ::K], DPIR's classical downsampler; its transpose puts the values back with zeros between, so
+    A A^T = I; sizes that are not multiples of K are refused as for the block average."""
+    x = randn(2, 3, 6, 9, seed=4)
+    torch.testing.assert_close(Decimate(3)(x), x[..., ::3, ::3], rtol=0, atol=0)
+    y = randn(2, 3, 2, 3, seed=5)
+    back = Decimate(3).adjoint(y)
+    assert back.shape == x.shape and float(back.abs().sum()) == pytest.approx(float(y.abs().sum()))
+    torch.testing.assert_close(Decimate(3)(back), y, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not a multiple of the scale 2"):
+        Decimate(2)(randn(1, 1, 5, 4))
+    op = make_operator(blur=1.0, decimate=2, boundary="circular")
+    assert isinstance(op, Compose) and isinstance(op.operators[1], Decimate)
+    assert op.operators[0].boundary == "circular"  # type: ignore[attr-defined]
+
+
 def test_downsample_averages_each_block() -> None:
     x = torch.arange(2 * 4 * 6, dtype=F64).reshape(1, 2, 4, 6)
     out = Downsample(2)(x)
@@ -127,6 +159,10 @@ def operators() -> dict[str, tuple[LinearOperator, tuple[int, ...]]]:
         "kernel": (Kernel(randn(5, 3, seed=9)), (2, 1, 5, 8)),
         "large kernel": (Kernel(randn(9, 13, seed=10)), (1, 2, 3, 4)),
         "downsample": (Downsample(3), (2, 2, 6, 9)),
+        "circular blur": (Blur(1.2, "circular"), (2, 3, 6, 7)),
+        "circular kernel larger than the image": (Kernel(randn(9, 7, seed=15), "circular"), (1, 2, 4, 5)),
+        "decimate": (Decimate(3), (2, 2, 6, 9)),
+        "blur and decimate": (Compose([Blur(1.0, "circular"), Decimate(2)]), (1, 3, 6, 8)),
         "mask": (Mask(mask[:1]), (2, 3, 6, 6)),
         "mask per channel": (Mask(mask), (2, 3, 6, 6)),
         "combination": (
@@ -252,3 +288,16 @@ def test_conjugate_gradient_solves_each_row_of_a_batch() -> None:
     )
     with pytest.raises(ValueError, match="integer >= 0"):
         conjugate_gradient(lambda v: v, b, -1)
+
+
+@pytest.mark.parametrize("name", list(operators()))
+def test_axis_matrices_give_the_operator(name: str) -> None:
+    """Where an operator acts on rows and columns apart, A x = M x N^T on every channel; masks and kernels of rank
+    above 1 (and so the combination here) have no such pair."""
+    op, shape = operators()[name]
+    x = randn(*shape, seed=16)
+    pair = op.axis_matrices(shape[-2], shape[-1], x)
+    separable = not name.startswith(("mask", "combination", "kernel", "large kernel", "circular kernel"))
+    assert (pair is not None) == separable
+    if pair is not None:
+        torch.testing.assert_close(pair[0] @ x @ pair[1].T, op(x), rtol=1e-12, atol=1e-12)

@@ -124,12 +124,12 @@ def test_train_and_denoise_a_photo_model(tmp_path: Path, image_dir: Path) -> Non
 
 
 def test_each_command_has_its_default_shipped_model(tmp_path: Path) -> None:
-    """Without --model, ``denoise`` runs the shipped photo model, ``restore`` and ``sample`` the CIFAR-10 one."""
+    """Without --model, ``denoise`` and ``restore`` run the shipped photo model, ``sample`` the CIFAR-10 one."""
     image = tmp_path / "in.npy"
     np.save(image, np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32))
     runs = [
         ("photo", ["denoise", image, "--sigma", "0.1"]),
-        ("cifar10", ["restore", image, "--scale", "2", "--sigma", "0.05", "--method", "pnp", "--steps", "1"]),
+        ("photo", ["restore", image, "--scale", "2", "--sigma", "0.05", "--method", "pnp", "--steps", "1"]),
         ("cifar10", ["sample", "-n", "1", "--steps", "1"]),
     ]
     for name, args in runs:

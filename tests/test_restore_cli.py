@@ -127,6 +127,27 @@ def test_restore_writes_full_size_estimates_and_std_maps(method: str, tmp_path: 
     assert np.array_equal(estimate, np.load(tmp_path / "b.npy"))
 
 
+def test_decimation_with_circular_boundaries(tmp_path: Path, tiny_model: Path) -> None:
+    """DPIR's super-resolution degradation: ``--kernel K --boundary circular --decimate 2`` writes scipy's wrapping
+    convolution with every second pixel kept from the first, plus the seeded noise; ``restore`` with the same options
+    gives a full-size estimate that is not the observation's pixels repeated."""
+    clean = smooth(16, 20)
+    np.save(tmp_path / "in.npy", clean)
+    np.save(tmp_path / "k.npy", gaussian(1.0))
+    operator = ["--kernel", tmp_path / "k.npy", "--boundary", "circular", "--decimate", "2", "--sigma", "0.02"]
+    ok("degrade", tmp_path / "in.npy", *operator, "--seed", "4", "-o", tmp_path / "obs.npy")
+    written = np.load(tmp_path / "obs.npy")
+    wrapped = np.stack([ndimage.convolve(clean[..., c].astype(np.float64), gaussian(1.0), mode="wrap")
+                        for c in range(3)], axis=-1)  # fmt: skip
+    generator, _ = seeded_generator(4, "degrade")
+    noise = torch.randn((1, 3, 8, 10), generator=generator)[0].permute(1, 2, 0).double().numpy()
+    np.testing.assert_allclose(written, wrapped[::2, ::2] + 0.02 * noise, rtol=0, atol=2e-6)
+    ok("restore", tmp_path / "obs.npy", *operator, "--steps", "2", "--model", tiny_model, "-o", tmp_path / "x.npy")
+    estimate = np.load(tmp_path / "x.npy")
+    assert estimate.shape == (16, 20, 3) and np.isfinite(estimate).all()
+    assert float(np.abs(estimate[1::2, 1::2] - written).max()) > 1e-3
+
+
 def test_pnp_is_one_estimate(tmp_path: Path, tiny_model: Path) -> None:
     """The default method, pnp, writes one full-size estimate, the same for any seed; asked for draws or a std map it
     says to use a sampling method, exits 2 and writes nothing."""
@@ -241,6 +262,9 @@ BAD = [
     (["--mask", "masks"], 1, "no mask named in.png in"),
     (["--blur", "0"], 2, "--blur must be a positive number"),
     (["--sigma", "-0.1"], 2, "--sigma must be"),
+    (["--decimate", "2"], 2, "--decimate keeps every K-th pixel of a blurred image; without --blur or --kernel"),
+    (["--boundary", "wrap", "--blur", "1"], 2, "--boundary must be one of reflect, circular, not 'wrap'"),
+    (["--boundary", "circular"], 2, "--boundary is for a blur or a kernel"),
 ]
 
 

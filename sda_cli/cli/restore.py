@@ -32,6 +32,7 @@ from sda_cli.cli.noise import observe_files
 from sda_cli.cli.runner import pairs, run, side_outputs, stacked, with_spread
 from sda_cli.guidance import METHODS
 from sda_cli.observe import operator_source
+from sda_cli.operators import BOUNDARIES
 from sda_cli.restore import check_request, pixels_per_batch, random_stream, restore
 
 __all__ = ["degrade_command", "restore_command"]
@@ -42,6 +43,14 @@ KernelFile = Annotated[
 ]
 Scale = Annotated[
     int | None, typer.Option(min=1, max=64, help="Average each KxK block: the observation is K times smaller.")
+]
+Decimation = Annotated[
+    int | None,
+    typer.Option("--decimate", min=1, max=64, help="Keep every K-th pixel, after --blur or --kernel: K times smaller."),
+]
+Boundary = Annotated[
+    str,
+    typer.Option(help="How --blur and --kernel extend the image past its edges: reflect (mirror) or circular (wrap)."),
 ]
 MaskFile = Annotated[
     Path | None,
@@ -56,9 +65,22 @@ ObservationSigma = Annotated[
 ]
 
 
-def _operators(blur: float | None, kernel: Path | None, scale: int | None, mask: Path | None, max_pixels: int) -> Any:
+def _operators(
+    blur: float | None,
+    kernel: Path | None,
+    scale: int | None,
+    decimate: int | None,
+    mask: Path | None,
+    boundary: str,
+    max_pixels: int,
+) -> Any:
+    if boundary not in BOUNDARIES:
+        raise UsageError(f"--boundary must be one of {', '.join(BOUNDARIES)}, not {boundary!r}")
     try:
-        return operator_source(blur=blur, kernel=kernel, scale=scale, mask=mask, max_pixels=max_pixels)
+        return operator_source(
+            blur=blur, kernel=kernel, scale=scale, decimate=decimate, mask=mask, boundary=boundary,
+            max_pixels=max_pixels,
+        )  # fmt: skip
     except ValueError as error:
         raise UsageError(f"--{error}") from None
 
@@ -70,7 +92,9 @@ def degrade_command(
     blur: Blur = None,
     kernel: KernelFile = None,
     scale: Scale = None,
+    decimate: Decimation = None,
     mask: MaskFile = None,
+    boundary: Boundary = "reflect",
     sigma: ObservationSigma = "0",
     seed: Seed = None,
     bits: Bits = None,
@@ -79,13 +103,13 @@ def degrade_command(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    """Observe images as y = A x + sigma n: blur, kernel, block average and mask, in this order, then noise.
+    """Observe images as y = A x + sigma n: blur, kernel, block average, decimation and mask, in this order, then noise.
 
     The observation has its own size (--scale K: K times smaller) and its missing pixels are written as 0. 8-bit and
     16-bit outputs are clipped to [0, 1] and quantised; .npy outputs (float32, HWC) keep the exact unclipped values.
     `sda restore` with the same operator options recovers the images.
     """
-    operator_for = _operators(blur, kernel, scale, mask, max_pixels)
+    operator_for = _operators(blur, kernel, scale, decimate, mask, boundary, max_pixels)
     observe_files("degrade", inputs, output, parse_sigma(sigma, zero=True), operator_for, seed=seed, bits=bits,
                   force=force, max_pixels=max_pixels, verbose=verbose, quiet=quiet)  # fmt: skip
 
@@ -98,15 +122,15 @@ def restore_command(
     blur: Blur = None,
     kernel: KernelFile = None,
     scale: Scale = None,
+    decimate: Decimation = None,
     mask: MaskFile = None,
+    boundary: Boundary = "reflect",
     sigma: ObservationSigma = "0",
     method: Annotated[str, typer.Option(help=method_help(METHODS.values(), "pnp"))] = "pnp",
     samples: Samples = None,
     std: Std = None,
     steps: Steps = None,
-    model: Annotated[
-        str | None, typer.Option(help="A shipped model's name or a model file (default: cifar10).")
-    ] = None,
+    model: Annotated[str | None, typer.Option(help="A shipped model's name or a model file (default: photo).")] = None,
     inflation: Inflation = "auto",
     tile: Tile = None,
     clipped: Clipped = "auto",
@@ -130,8 +154,8 @@ def restore_command(
     """
     value = parse_sigma(sigma, zero=True)
     chosen = method_options(options)
-    operator_for = _operators(blur, kernel, scale, mask, max_pixels)
-    plain = blur is None and kernel is None and scale is None and mask is None
+    operator_for = _operators(blur, kernel, scale, decimate, mask, boundary, max_pixels)
+    plain = blur is None and kernel is None and scale is None and decimate is None and mask is None
     try:
         _, draws = check_request(
             method,
@@ -149,7 +173,7 @@ def restore_command(
     torch_device = device_from(device)
     found = pairs(inputs, output, force)
     spreads = side_outputs(found, std, "--std", force)
-    denoiser = model_from(model, torch_device, verbose, precision, "cifar10")
+    denoiser = model_from(model, torch_device, verbose, precision, "photo")
     generator = generator_for(seed, torch_device, verbose, random_stream(plain))
 
     settings = dict(method=method, samples=draws, steps=steps, clipped=clipped, tile=tile, inflation=inflation)
@@ -168,5 +192,5 @@ def restore_command(
         spreads,
     )
     own_masks = mask is not None and mask.is_dir()  # one operator per input: one image per call
-    budget = 1 if own_masks else pixels_per_batch(draws, scale or 1)
+    budget = 1 if own_masks else pixels_per_batch(draws, (scale or 1) * (decimate or 1))
     run("restore", found, work, budget=budget, bits=bits, max_pixels=max_pixels, quiet=quiet)
