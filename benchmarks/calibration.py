@@ -29,6 +29,11 @@ was fitted on); the weights are untouched. The fit is ``sda_cli.calibration`` (`
 ``write_calibrated``, with the checkpoint as its own output), what ``sda calibrate`` runs, in this process at
 ``--precision``, with the noise and draws of seed 0.
 
+Photos. ``--photos N`` measures on N crops of the McMaster photos instead (``--crop`` pixels a side, default 96:
+crop i is taken from photo i mod 18, at the i div 18-th of a fixed set of positions, float noise as above), with no
+oracle row; ``--fit --fit-photos N`` fits on N crops of the BSDS400 photos (the photo model's training photos,
+chosen the same way), never on McMaster.
+
 The decomposition row ``oracle`` runs the same sampler (``sda_cli`` core, same steps and grid) on the exact
 denoiser of the Gaussian fitted to 20,000 CIFAR-10 training images (mean and full 3072 × 3072 covariance), on draws
 of that Gaussian: what the sampler's discretisation alone gives, with no model error. The rest of the gap between
@@ -39,6 +44,10 @@ Run from the repository root:
     python benchmarks/calibration.py --model checkpoints/cifar10.safetensors --fit --fit-count 32
     # the same fit on your own images, into a copy: sda calibrate IMAGES --model M -o M-calibrated.safetensors
     python benchmarks/calibration.py --model checkpoints/cifar10.safetensors --count 64 --samples 2 --record
+    python benchmarks/calibration.py --model checkpoints/photo.safetensors --fit --fit-photos 32 \
+        --fit-sigmas 0.0588 0.098 0.196          # 15, 25 and 50/255
+    python benchmarks/calibration.py --model checkpoints/photo.safetensors --photos 18 --samples 4 \
+        --sigmas 0.0588 0.098 0.196 --steps 32 64 128 --record
 """
 
 from __future__ import annotations
@@ -50,7 +59,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_DATA, ROOT, arguments, checkpoint_line, header, parse, report, run_cli, table, work_folder
+from _common import (
+    DEFAULT_DATA,
+    MCMASTER,
+    PHOTOS,
+    ROOT,
+    arguments,
+    checkpoint_line,
+    header,
+    parse,
+    report,
+    run_cli,
+    table,
+    work_folder,
+)
 from PIL import Image
 
 from sda_cli.calibration import calibrate, write_calibrated
@@ -79,6 +101,27 @@ def held_out_images(count: int) -> torch.Tensor:
         np.asarray(Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in chosen
     ]
     return torch.from_numpy(np.stack(images)).double() / 255
+
+
+CROP_POSITIONS = ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75), (0.25, 0.75), (0.75, 0.25))
+"""Centres of the crops taken from each photo, as fractions of its height and width, in the order they are used."""
+
+
+def photo_crops(folder: Path, count: int, side: int) -> torch.Tensor:
+    """``count`` crops of ``side`` pixels from the photos of ``folder`` (numeric names in their order, else by name):
+    crop i from photo i mod P at position i div P of :data:`CROP_POSITIONS`; ``(N, side, side, 3)`` float64."""
+    files = sorted((f for f in folder.iterdir() if f.suffix.lower() in {".tif", ".tiff", ".jpg", ".png"}),
+                   key=lambda f: (int(f.stem) if f.stem.isdigit() else 0, f.name))  # fmt: skip
+    if count > len(files) * len(CROP_POSITIONS):
+        raise SystemExit(f"at most {len(files) * len(CROP_POSITIONS)} crops of {folder}, asked for {count}")
+    crops = []
+    for i in range(count):
+        image = np.asarray(Image.open(files[i % len(files)]).convert("RGB"))
+        across, down = CROP_POSITIONS[i // len(files)]
+        top = min(max(round(down * image.shape[0]) - side // 2, 0), image.shape[0] - side)
+        left = min(max(round(across * image.shape[1]) - side // 2, 0), image.shape[1] - side)
+        crops.append(image[top : top + side, left : left + side])
+    return torch.from_numpy(np.stack(crops)).double() / 255
 
 
 def _denoise_files(
@@ -131,18 +174,31 @@ def _row(
 def fit(args: argparse.Namespace) -> list[list[str]]:
     """Fit the inflation factor at each sigma on held-out images (``sda_cli.calibration``, as ``sda calibrate``) and
     write the table into the checkpoint. Rows: sigma, the raw draws' spread over the MMSE error (1/λ²), λ."""
-    x = held_out_images(args.fit_count).permute(0, 3, 1, 2).float()
+    if args.fit_photos:
+        x = photo_crops(PHOTOS / "bsds400", args.fit_photos, args.crop).permute(0, 3, 1, 2).float()
+        what = f"{args.fit_photos} crops of {args.crop}×{args.crop} pixels of BSDS400 photos, float Gaussian noise"
+    else:
+        x = held_out_images(args.fit_count).permute(0, 3, 1, 2).float()
+        what = f"{args.fit_count} CIFAR-10 test images outside the exact 1,000 (JPEG copies), float Gaussian noise"
     model = load_model(args.model, device="cpu", precision=args.precision)
     fitted = calibrate(model, x, args.fit_sigmas, samples=args.samples, steps=args.steps[0], seed=0)
-    what = f"{args.fit_count} CIFAR-10 test images outside the exact 1,000 (JPEG copies), float Gaussian noise"
     write_calibrated(args.model, args.model, fitted, fitted_on=what)
     return [[f"{level.sigma:g}", f"{level.factor**-2:.3f}", f"{level.factor:.4f}"] for level in fitted.levels]
 
 
+def fitted_on(args: argparse.Namespace) -> str:
+    """What the fit was measured on, for the table."""
+    if args.fit_photos:
+        return f"{args.fit_photos} crops of {args.crop}×{args.crop} pixels of BSDS400 photos (never McMaster)"
+    return f"{args.fit_count} held-out CIFAR-10 test images (JPEG copies outside the exact 1,000)"
+
+
 def model_rows(args: argparse.Namespace, work: Path, sigma: float) -> list[list[str]]:
     """The ratios of the model's raw and inflated draws at each step count, through the command line."""
-    clean = cifar10(args.data_dir, train=False).images[: args.count]
-    x = clean.permute(0, 2, 3, 1).double() / 255
+    if args.photos:
+        x = photo_crops(MCMASTER, args.photos, args.crop)
+    else:
+        x = cifar10(args.data_dir, train=False).images[: args.count].permute(0, 2, 3, 1).double() / 255
     factor = inflation_factor(read_metadata(args.model).get("calibration", {}).get("inflation", []), sigma)
     rows = []
     for steps in args.steps:
@@ -190,6 +246,9 @@ def main() -> None:
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--fit", action="store_true", help="fit the inflation factors and write them into --model")
     parser.add_argument("--fit-count", type=int, default=32)
+    parser.add_argument("--photos", type=int, default=0, help="measure on this many McMaster crops instead")
+    parser.add_argument("--fit-photos", type=int, default=0, help="fit on this many BSDS400 crops instead")
+    parser.add_argument("--crop", type=int, default=96, help="the side of the photo crops")
     parser.add_argument("--fit-sigmas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
     args = parse(parser)
     with work_folder(args.work, "sda-calibration-") as work:
@@ -197,30 +256,36 @@ def main() -> None:
             rows = fit(args)
             text = "\n".join(
                 [
-                    header(FIT_TITLE, checkpoint_line(args.model)),
-                    f"{args.fit_count} held-out CIFAR-10 test images (JPEG copies outside the exact 1,000), K = "
-                    f"{args.samples} raw draws at {args.steps[0]} steps; the factors go into the checkpoint.\n",
+                    header(FIT_TITLE + (" (photos)" if args.fit_photos else ""), checkpoint_line(args.model)),
+                    f"{fitted_on(args)}, K = {args.samples} raw draws at {args.steps[0]} steps; the factors go into "
+                    "the checkpoint.\n",
                     table(["sigma", "E‖draw − m‖² / E‖x − m‖²", "inflation λ"], rows),
                 ]
             )
-            title = FIT_TITLE
+            title = FIT_TITLE + (" (photos)" if args.fit_photos else "")
         else:
             rows = []
+            images = (
+                f"{args.photos} crops of {args.crop}×{args.crop} pixels of the McMaster photos per sigma (float .npy "
+                "inputs, exact Gaussian noise). "
+                if args.photos
+                else f"{args.count} exact CIFAR-10 test images per sigma (float .npy inputs, exact Gaussian noise); "
+                f"oracle: {args.oracle_count} draws of the Gaussian fitted to 20,000 train images, with its exact "
+                "denoiser. "
+            )
             for sigma in args.sigmas:
-                if not args.no_oracle:
+                if not args.no_oracle and not args.photos:
                     rows += oracle_rows(args, sigma)
                 rows += model_rows(args, work, sigma)
                 print(table(COLUMNS, rows), file=sys.stderr, flush=True)
             text = "\n".join(
                 [
-                    header(TITLE, checkpoint_line(args.model)),
-                    f"{args.count} exact CIFAR-10 test images per sigma (float .npy inputs, exact Gaussian noise); "
-                    f"oracle: {args.oracle_count} draws of the Gaussian fitted to 20,000 train images, with its exact "
-                    "denoiser. Required: draw ratio in [1.9, 2.1] and std ratio in [0.9, 1.1].\n",
+                    header(TITLE + (" (photos)" if args.photos else ""), checkpoint_line(args.model)),
+                    images + "Required: draw ratio in [1.9, 2.1] and std ratio in [0.9, 1.1].\n",
                     table(COLUMNS, rows),
                 ]
             )
-            title = TITLE
+            title = TITLE + (" (photos)" if args.photos else "")
     report(title, text, args.record)
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "observation_shape",
     "operator_matrix",
     "reflect_indices",
+    "stages",
 ]
 
 BOUNDARIES = ("reflect", "circular")
@@ -353,6 +354,14 @@ class Compose(LinearOperator):
                 return None
             rows, cols = pair[0] @ rows, pair[1] @ cols
         return rows, cols
+
+
+def stages(operator: LinearOperator) -> list[LinearOperator]:
+    """The operators that make up ``operator`` (a :class:`Compose` unfolded, also nested ones), in the order they are
+    applied."""
+    if isinstance(operator, Compose):
+        return [stage for part in operator.operators for stage in stages(part)]
+    return [operator]
 
 
 def observation_shape(operator: LinearOperator, y: Tensor, shape: Sequence[int] | None) -> tuple[int, ...]:

@@ -32,7 +32,7 @@ from sda_cli.denoiser import Denoiser
 from sda_cli.guidance import PosteriorMethod, get_method, matched_time
 from sda_cli.images import to_model, to_pixels
 from sda_cli.inflation import inflate, inflation_factor
-from sda_cli.operators import Compose, Downsample, Identity, LinearOperator
+from sda_cli.operators import Downsample, Identity, LinearOperator, stages
 from sda_cli.seeds import seeded_generator
 from sda_cli.tiles import BACKWARD_FACTOR, PIXELS_PER_CALL, TiledDenoiser, default_tile
 
@@ -154,17 +154,10 @@ def _methods() -> dict[str, type[PosteriorMethod]]:
     return METHODS
 
 
-def _stages(operator: LinearOperator) -> list[LinearOperator]:
-    """The operators that make up ``operator``, in the order they are applied."""
-    if isinstance(operator, Compose):
-        return [stage for part in operator.operators for stage in _stages(part)]
-    return [operator]
-
-
 def image_size(operator: LinearOperator, height: int, width: int) -> tuple[int, int]:
-    """The size of the images behind observations of ``height × width``: each block average makes them ``scale``
-    times larger on each side; the other operators keep the size."""
-    scale = math.prod(stage.scale for stage in _stages(operator) if isinstance(stage, Downsample))
+    """The size of the images behind observations of ``height × width``: each block average or decimation makes them
+    ``scale`` times larger on each side; the other operators keep the size."""
+    scale = math.prod(stage.scale for stage in stages(operator) if isinstance(stage, Downsample))
     return height * scale, width * scale
 
 

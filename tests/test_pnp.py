@@ -70,3 +70,24 @@ def test_ensemble_averages_the_transformed_denoiser() -> None:
     eight = PnP(symmetric, y, 0.1, operator=Blur(1.0), shape=(1, SIDE, SIDE), ensemble=8).prior_step(z, rho)
     one = PnP(symmetric, y, 0.1, operator=Blur(1.0), shape=(1, SIDE, SIDE)).prior_step(z, rho)
     torch.testing.assert_close(eight, one, rtol=0, atol=1e-12)
+
+
+def test_defaults_follow_the_operator() -> None:
+    """Deblurring (a blur or kernel alone): 8 iterations and lam 0.15; a blur with decimation: 24 and 0.15; a block
+    average or a mask: DPIR's 24 and 0.23. Values given are kept."""
+    from sda_cli.operators import Compose, Decimate, Downsample, Kernel, Mask
+
+    prior = gaussian(torch.zeros(SIDE * SIDE, dtype=F64))
+    y = torch.zeros(1, 1, SIDE, SIDE, dtype=F64)
+    cases = [
+        (Blur(1.0), y, 8, 0.15),
+        (Kernel([[0.2, 0.6, 0.2]]), y, 8, 0.15),
+        (Compose([Blur(1.0, "circular"), Decimate(2)]), y[..., :3, :3], 24, 0.15),
+        (Downsample(2), y[..., :3, :3], 24, 0.23),
+        (Mask(torch.ones(SIDE, SIDE)), y, 24, 0.23),
+    ]
+    for operator, observation, steps, lam in cases:
+        method = PnP(prior, observation, 0.1, operator=operator, shape=(1, SIDE, SIDE))
+        assert (method.steps, method.lam) == (steps, lam), operator
+        given = PnP(prior, observation, 0.1, operator=operator, shape=(1, SIDE, SIDE), steps=5, lam=0.3)
+        assert (given.steps, given.lam) == (5, 0.3)
