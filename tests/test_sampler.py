@@ -40,7 +40,7 @@ from sda_cli.sampler import (
 )
 from sda_cli.schedule import CosineSchedule, LinearSchedule, Schedule, VESchedule
 
-STOCHASTIC = {"ancestral", "pc"}  # the samplers that draw noise at each step
+STOCHASTIC = {"ancestral", "sde2m", "pc"}  # the samplers that draw noise at each step
 DIM = 6
 N = 8000
 LEVEL = 1e-4
@@ -49,6 +49,7 @@ F64 = torch.float64
 # Steps and options per sampler for the accuracy tests.
 ACCURATE: dict[str, tuple[int, dict[str, object]]] = {
     "ancestral": (1024, {}),
+    "sde2m": (256, {}),
     "ddim": (1024, {}),
     "heun": (128, {}),
     "pc": (256, {"adaptive": False, "tau": 0.1}),
@@ -441,7 +442,15 @@ def test_prior_noise_scale_and_seed() -> None:
 @pytest.mark.parametrize("denoise", [True, False])
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("ancestral", {}), ("ddim", {}), ("heun", {}), ("pc", {}), ("pc", {"corrections": 0}), ("pc", {"corrections": 3})],
+    [
+        ("ancestral", {}),
+        ("sde2m", {}),
+        ("ddim", {}),
+        ("heun", {}),
+        ("pc", {}),
+        ("pc", {"corrections": 0}),
+        ("pc", {"corrections": 3}),
+    ],
 )
 def test_nfe_counts_the_calls(name: str, options: dict[str, object], denoise: bool) -> None:
     for steps in (1, 5):
