@@ -75,7 +75,7 @@ from _common import (
 )
 from PIL import Image
 
-from sda_cli.calibration import calibrate, write_calibrated
+from sda_cli.calibration import STEPS, calibrate, write_calibrated
 from sda_cli.checkpoint import read_metadata
 from sda_cli.data import cifar10
 from sda_cli.inflation import inflation_factor
@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--oracle-count", type=int, default=256, help="Gaussian draws per sigma for the oracle rows")
     parser.add_argument("--samples", type=int, default=2, help="K draws per image")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2])
-    parser.add_argument("--steps", type=int, nargs="+", default=[128])
+    parser.add_argument("--steps", type=int, nargs="+", default=[STEPS], help=f"sampler steps (default: {STEPS})")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--fit", action="store_true", help="fit the inflation factors and write them into --model")

@@ -51,6 +51,7 @@ from torch import Tensor
 from sda_cli.atomic import atomic_path
 from sda_cli.checkpoint import read_metadata, update_config
 from sda_cli.denoiser import Denoiser
+from sda_cli.guidance.matched import PosteriorMean
 from sda_cli.inflation import fit_factor
 from sda_cli.observe import observe
 from sda_cli.restore import check_request, check_sigma, denoise, pixels_per_batch
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 METHOD = "mean"
+STEPS = PosteriorMean.STEPS
+"""The sampler steps calibrations are fitted at by default: those the calibrated methods draw at by default."""
 """The method whose raw draws are measured: K draws of the exact posterior by the reverse SDE, their mean and std."""
 
 
@@ -211,7 +214,7 @@ def calibrate(
     sigmas: Sequence[float],
     *,
     samples: int = 2,
-    steps: int = 128,
+    steps: int = STEPS,
     seed: int | None = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:

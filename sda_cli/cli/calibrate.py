@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sda_cli.calibration import Calibration, calibrate, check_calibration, write_calibrated
+from sda_cli.calibration import STEPS, Calibration, calibrate, check_calibration, write_calibrated
 from sda_cli.cli.app import app
 from sda_cli.cli.common import (
     DEFAULT_MAX_PIXELS,
@@ -55,7 +55,7 @@ def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="The calibrated copy of the model (.safetensors).")],
     sigmas: Annotated[str, typer.Option(help="Noise levels to fit at, in [0, 1] pixel units.")] = SIGMAS,
     samples: Annotated[int, typer.Option(min=2, max=64, help="Raw posterior draws per image (K).")] = 2,
-    steps: Annotated[int, typer.Option(help="Sampler steps: those the calibrated draws are made at.")] = 128,
+    steps: Annotated[int, typer.Option(help="Sampler steps: those the calibrated draws are made at.")] = STEPS,
     count: Annotated[int | None, typer.Option(min=1, help="Use the first N images found (default: all).")] = None,
     seed: Seed = None,
     device: Device = "auto",
