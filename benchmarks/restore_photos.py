@@ -25,7 +25,10 @@ from its top-left corner to a multiple of 8 for deblurring and of K for super-re
 written as a float ``.npy``. ``sda degrade TRUTH --kernel K.npy --boundary circular [--decimate K] --sigma 0.01
 --seed --seed -o OBSERVATIONS/`` observes them all (one noise draw through the files in order), and every row
 restores those same files. ``--boundary reflect`` runs the whole protocol with reflecting boundaries instead, to
-measure what the boundary changes.
+measure what the boundary changes. With ``--reuse`` (and ``--work``), a row whose output folder holds the
+``run.json`` of an earlier run of the same command on the same number of photos is not run again: its estimates are
+scored again and its seconds are the earlier run's (the observations are made again, from the same seed, and are the
+same files).
 
 Run from the repository root with the benchmark extras. The photo model's pnp at its defaults takes about a minute
 per 500 × 500 photo and task on 2 cores (the first table of ``benchmarks/RESULTS.md`` says how long each row took):
@@ -179,6 +182,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--boundary", choices=("circular", "reflect"), default="circular", help="of the blur")
     parser.add_argument("--settings", nargs="+", default=["sda="], help="NAME[@N]=ARGS rows of sda restore")
     parser.add_argument("--tune-count", type=positive, default=16, help="BSDS400 crops that tune Wiener's balance")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="with --work: keep a row's estimates from an earlier run of the same command (its run.json)",
+    )  # fmt: skip
     args = parse(parser)
     args.tasks = [t for t in args.tasks.split(",") if t]
     if unknown := [t for t in args.tasks if t not in TASKS]:
@@ -221,11 +228,20 @@ def main() -> None:
             results["classical"][(task, std)] = float(np.mean(classical))
             for name, _, extra in args.settings:
                 out_dir = cell / f"out-{name}"
-                inputs = [str(observed_dir / f"{n}.npy") for n in list(truths)[: counts[name]]]
-                started = time.perf_counter()
-                run_cli("restore", *inputs, *operator, *extra, "-o", f"{out_dir}/", "-q", "--force",
-                        threads=args.threads, check=True)  # fmt: skip
-                seconds[name] = seconds.get(name, 0.0) + (time.perf_counter() - started) / counts[name]
+                names = list(truths)[: counts[name]]
+                inputs = [str(observed_dir / f"{n}.npy") for n in names]
+                command = ["restore", *inputs, *operator, *extra, "-o", f"{out_dir}/", "-q", "--force"]
+                timing = out_dir / "run.json"
+                earlier = json.loads(timing.read_text()) if args.reuse and timing.exists() else {}
+                if earlier.get("command") == command[1:] and earlier.get("count") == len(names):
+                    elapsed = float(earlier["seconds"])
+                else:
+                    started = time.perf_counter()
+                    run_cli(*command, threads=args.threads, check=True)
+                    elapsed = time.perf_counter() - started
+                    record = {"command": command[1:], "count": len(names), "seconds": elapsed}
+                    timing.write_text(json.dumps(record))
+                seconds[name] = seconds.get(name, 0.0) + elapsed / counts[name]
                 scores = [score(np.load(out_dir / f"{n}.npy"), truths[n], border) for n in list(truths)[: counts[name]]]
                 results.setdefault(name, {})[(task, std)] = float(np.mean(scores))
                 print(f"{task} std {std} {name}: {results[name][(task, std)]:.2f} dB", flush=True)
