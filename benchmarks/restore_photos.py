@@ -17,7 +17,8 @@ Rows:
   sits at pixel kK of the image, so the interpolation is aligned to it, not to block centres);
 * each ``--settings NAME=ARGS``: ``sda restore OBSERVATIONS --kernel K.npy --boundary circular [--decimate K]
   --sigma 0.01 ARGS``, the arguments split as a shell would (default: ``sda=`` the command's own defaults, the
-  photo model and pnp). ``NAME@N=ARGS`` runs it on the first N photos only, and its row says so.
+  photo model and pnp). ``NAME@N=ARGS`` runs it on the first N photos only, and its row says so;
+  ``NAME/deblur,sr2=ARGS`` on those tasks only (the other cells show a dash).
 
 How. Each photo (McMaster18: 500 × 500, named 1 to 18, taken in that order; ``--photos bsds400`` takes the BSDS400
 photos instead, centre crops of ``--crop`` pixels, to choose settings on photos that McMaster never sees) is cropped
@@ -161,15 +162,19 @@ def operator_args(kernel_file: Path, scale: int, boundary: str) -> list[str]:
     return args + (["--decimate", str(scale)] if scale > 1 else [])
 
 
-def parse_settings(items: list[str], parser: argparse.ArgumentParser) -> list[tuple[str, int | None, list[str]]]:
-    """``NAME[@N]=ARGS`` items as ``(name, photo count or None, arguments)``."""
+def parse_settings(
+    items: list[str], parser: argparse.ArgumentParser
+) -> list[tuple[str, int | None, list[str], set[str] | None]]:
+    """``NAME[@N][/TASK,...]=ARGS`` items as ``(name, photo count or None, arguments, tasks or None)``."""
     out = []
     for item in items:
         name, sep, rest = item.partition("=")
         if not sep or not name:
-            parser.error(f"--settings takes NAME=ARGS or NAME@N=ARGS items, not {item!r}")
+            parser.error(f"--settings takes NAME[@N][/TASK,...]=ARGS items, not {item!r}")
+        name, _, tasks = name.partition("/")
         label, _, count = name.partition("@")
-        out.append((label, int(count) if count else None, shlex.split(rest)))
+        only = set(tasks.split(",")) if tasks else None
+        out.append((label, int(count) if count else None, shlex.split(rest), only))
     return out
 
 
@@ -200,7 +205,7 @@ def main() -> None:
     cells = [(task, std) for task in args.tasks for std in args.stds]
     results: dict[str, dict[tuple[str, float], float]] = {"classical": {}}
     seconds: dict[str, float] = {}
-    counts = {name: min(count or len(images), len(images)) for name, count, _ in args.settings}
+    counts = {name: min(count or len(images), len(images)) for name, count, _, _ in args.settings}
     balances = {std: tune_balance(std, args.tune_count, 128) for std in args.stds if "deblur" in args.tasks}
     with work_folder(args.work, "sda-restore-photos-") as work:
         for task, std in cells:
@@ -226,7 +231,9 @@ def main() -> None:
                 guess = wiener(y, kernel, balances[std]) if scale == 1 else bicubic(y, scale, truth.shape[:2])
                 classical.append(score(guess, truth, border))
             results["classical"][(task, std)] = float(np.mean(classical))
-            for name, _, extra in args.settings:
+            for name, _, extra, only in args.settings:
+                if only is not None and task not in only:
+                    continue
                 out_dir = cell / f"out-{name}"
                 names = list(truths)[: counts[name]]
                 inputs = [str(observed_dir / f"{n}.npy") for n in names]
@@ -247,13 +254,12 @@ def main() -> None:
                 print(f"{task} std {std} {name}: {results[name][(task, std)]:.2f} dB", flush=True)
             (cell / "results.json").write_text(json.dumps({k: v.get((task, std)) for k, v in results.items()}))
 
-    columns = ["restoration", "photos", *(f"{TASK_NAMES[t]}, std {s}" for t, s in cells), "s/photo (all cells)"]
+    columns = ["restoration", "photos", *(f"{TASK_NAMES[t]}, std {s}" for t, s in cells), "s/photo (its cells, summed)"]
     rows = [["classical (Wiener; bicubic)", str(len(images)), *(fmt(results["classical"][c]) for c in cells), "—"]]
-    for name, _, extra in args.settings:
+    for name, _, extra, _ in args.settings:
         label = f"`sda restore {shlex.join(extra)}`" if extra else "`sda restore` (defaults)"
-        rows.append(
-            [f"{name}: {label}", str(counts[name]), *(fmt(results[name][c]) for c in cells), fmt(seconds[name], 1)]
-        )
+        measured = [fmt(results.get(name, {}).get(c)) for c in cells]
+        rows.append([f"{name}: {label}", str(counts[name]), *measured, fmt(seconds.get(name), 1)])
     rows.append(["DPIR (published)", "18", *(fmt(DPIR.get(c)) for c in cells), "—"])
     first = args.settings[0][0]
     gaps = {c: DPIR[c] - results[first][c] for c in cells if c in DPIR}

@@ -9,7 +9,9 @@ What. A ``--size`` RGB photo (``512`` or ``WIDTHxHEIGHT``; default 512 × 512), 
   one-channel PNG, white at exactly half of the pixels, drawn by ``numpy.random.default_rng(0)``;
 * ``deblur``: DPIR's deblurring (``benchmarks/restore_photos.py``), ``--kernel K.npy --boundary circular``, K the
   25 × 25 Gaussian of standard deviation 1.6;
-* ``sr2-decimate``: DPIR's ×2 super-resolution, the same kernel then ``--decimate 2``.
+* ``sr2-decimate``: DPIR's ×2 super-resolution, the same kernel then ``--decimate 2``;
+* ``denoise``: no operator, noise 25/255 (``--methods mean --samples 4``: the mean of 4 posterior draws and their
+  std map, ``--std``).
 
 Each of ``--methods`` (default ``pnp`` and ``diffpir``; any method of ``sda restore`` is allowed, ``mmps`` takes far
 longer) restores each
@@ -52,7 +54,6 @@ from _common import (
     parse,
     psnr,
     report,
-    restore_methods,
     run_cli,
     table,
     work_folder,
@@ -60,6 +61,8 @@ from _common import (
 from large_photo import read
 from PIL import Image
 from restore_photos import gaussian_kernel
+
+from sda_cli.guidance import METHODS
 
 TITLE = "A {width}×{height} photo through sda restore"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``, for a size."""
@@ -69,12 +72,15 @@ TARGETS = {(512, 512): 120.0, (1600, 1200): 60.0}
 
 SIGMA = "0.01"
 """The observation noise in pixel units."""
+DENOISE_SIGMA = "25/255"
+"""The noise of the denoising task."""
 
 TASKS = {
     "sr2": "×2 super-resolution (2×2 block average)",
     "random50": "50% of the pixels missing (random mask)",
     "deblur": "deblurring (25×25 Gaussian kernel of std 1.6, circular boundaries)",
     "sr2-decimate": "×2 super-resolution (the same kernel, then every second pixel)",
+    "denoise": "denoising at sigma 25/255 (no operator; with --samples K and a --std map)",
 }
 
 MODEL_LINE = re.compile(r"^model: (?P<path>.+?); device:", re.MULTILINE)
@@ -84,8 +90,9 @@ MODEL_LINE = re.compile(r"^model: (?P<path>.+?); device:", re.MULTILINE)
 def parse_args() -> argparse.Namespace:
     parser = arguments(__doc__, model=None, threads=2, work=True)
     parser.add_argument(
-        "--methods", nargs="+", default=["pnp", "diffpir"], choices=restore_methods(), help="sda restore --method"
+        "--methods", nargs="+", default=["pnp", "diffpir"], choices=list(METHODS), help="sda restore --method"
     )
+    parser.add_argument("--samples", type=int, default=None, help="sda restore --samples K (with a --std map)")
     parser.add_argument("--tasks", nargs="+", default=["sr2", "random50"], choices=list(TASKS))
     parser.add_argument("--size", default="512", help="side of the photo, or WIDTHxHEIGHT (even)")
     parser.add_argument("--precision", default=None, help="sda restore --precision (default: the command's own)")
@@ -117,17 +124,22 @@ def random_mask(width: int, height: int, path: Path) -> None:
 
 
 @functools.cache
-def nfe(method: str, model: str) -> str:
-    """Network evaluations of one draw of ``method`` with ``model`` (a file or a shipped name): the ``nfe`` of its
-    object at its default steps (the operator does not change it)."""
+def nfe(method: str, model: str, task: str) -> str:
+    """Network evaluations of one draw of ``method`` with ``model`` (a file or a shipped name) on ``task``: the
+    ``nfe`` of its object at its default steps, which may depend on the operator (``pnp``'s)."""
     from sda_cli import load_model
     from sda_cli.guidance import METHODS
     from sda_cli.operators import make_operator
 
     denoiser = load_model(model, device="cpu", precision="fp32")
-    operator = make_operator(scale=2)
-    y = operator(torch.zeros(1, 3, 2, 2))
-    return str(METHODS[method](denoiser, y, 0.02, operator=operator, shape=(3, 2, 2)).nfe)
+    kernel = torch.from_numpy(gaussian_kernel(1.6))
+    stages = {
+        "sr2": {"scale": 2}, "random50": {"mask": torch.ones(4, 4)}, "deblur": {"kernel": kernel},
+        "sr2-decimate": {"kernel": kernel, "decimate": 2}, "denoise": {},
+    }[task]  # fmt: skip
+    operator = make_operator(**stages)  # type: ignore[arg-type]
+    y = operator(torch.zeros(1, 3, 4, 4))
+    return str(METHODS[method](denoiser, y, 0.2, operator=operator, shape=(3, 4, 4)).nfe)
 
 
 def main() -> None:
@@ -145,15 +157,18 @@ def main() -> None:
         np.save(kernel, gaussian_kernel(1.6))
         blur = ["--kernel", str(kernel), "--boundary", "circular"]
         options = {"sr2": ["--scale", "2"], "random50": ["--mask", str(mask)], "deblur": blur,
-                   "sr2-decimate": [*blur, "--decimate", "2"]}  # fmt: skip
+                   "sr2-decimate": [*blur, "--decimate", "2"], "denoise": []}  # fmt: skip
         truth = read(clean)[None]
         for task in args.tasks:
             observed = work / f"{task}_obs.png"
-            degrade = ["degrade", str(clean), *options[task], "--sigma", SIGMA, "--seed", "0", "-o", str(observed)]
+            sigma = DENOISE_SIGMA if task == "denoise" else SIGMA
+            degrade = ["degrade", str(clean), *options[task], "--sigma", sigma, "--seed", "0", "-o", str(observed)]
             run_cli(*degrade, "-q", threads=1, check=True)
             for method in args.methods:
                 out = work / f"{task}_{method}.png"
-                command = ["restore", str(observed), "-o", str(out), *options[task], "--sigma", SIGMA]
+                command = ["restore", str(observed), "-o", str(out), *options[task], "--sigma", sigma]
+                if args.samples:
+                    command += ["--samples", str(args.samples), "--std", str(work / f"{task}_{method}_std.png")]
                 command += ["--method", method, "--seed", "0", "-q", "-v"]
                 command += [] if args.precision is None else ["--precision", args.precision]
                 command += [] if args.model is None else ["--model", str(args.model)]
@@ -162,7 +177,8 @@ def main() -> None:
                 name = Path(found["path"]).stem if found else (args.model.stem if args.model else "?")
                 if found and loaded is None:
                     loaded = Path(found["path"])
-                evaluations = nfe(method, found["path"] if found else str(args.model or "?"))
+                source = found["path"] if found else (str(args.model) if args.model else None)
+                evaluations = nfe(method, source, task) if source and not result.error else "—"
                 if result.error:
                     rows.append([task, method, name, evaluations, f"n/a ({result.error})", "—", "—", "—"])
                     print(" | ".join(rows[-1]), flush=True)
