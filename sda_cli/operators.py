@@ -56,6 +56,7 @@ __all__ = [
     "Mask",
     "conjugate_gradient",
     "convolution_matrix",
+    "convolve_axis",
     "extension_indices",
     "linear_observation",
     "make_operator",
@@ -153,6 +154,30 @@ def convolution_matrix(taps: Tensor, size: int, boundary: str = "reflect") -> Te
     )
 
 
+def convolve_axis(x: Tensor, taps: Tensor, dim: int, boundary: str, *, transpose: bool = False) -> Tensor:
+    r""":math:`M x` (or :math:`M^\top x` with ``transpose``) along ``dim`` of ``x``, :math:`M` the
+    :func:`convolution_matrix` of ``taps``, in one multiply-add per tap and pixel: the axis extended by
+    :func:`extension_indices`, then :math:`(M x)_i = \sum_b \text{taps}_{2r - b}\, \tilde{x}_{i + b}`; the transpose
+    adds :math:`\text{taps}_{2r - b}\, y` at each offset :math:`b` of the extended axis and folds each extended
+    position back onto the pixel it copies."""
+    x = x.contiguous()  # one memory layout, so that the sums round the same for any input's strides
+    size, radius = x.shape[dim], taps.shape[0] // 2
+    source = extension_indices(size, radius, radius, boundary).to(x.device)
+    weights = taps.flip(0).tolist()
+    if not transpose:
+        extended = x.index_select(dim, source)
+        out = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+        for offset, weight in enumerate(weights):
+            out.add_(extended.narrow(dim, offset, size), alpha=weight)
+        return out
+    shape = list(x.shape)
+    shape[dim] = size + 2 * radius
+    extended = x.new_zeros(shape)
+    for offset, weight in enumerate(weights):
+        extended.narrow(dim, offset, size).add_(x, alpha=weight)
+    return torch.zeros(x.shape, dtype=x.dtype, device=x.device).index_add_(dim, source, extended)
+
+
 class Kernel(LinearOperator):
     r"""Convolution with an odd-sided 2-D kernel, applied as given to each channel, with ``reflect`` (the default) or
     ``circular`` boundaries (module docstring). The kernel is not normalised.
@@ -161,7 +186,9 @@ class Kernel(LinearOperator):
     Gaussian, at most the shorter side in general; terms below the rounding level of the largest are dropped) makes
     :math:`A x = \sum_r R_r\, x\, C_r^\top` with :math:`R_r, C_r` the 1-D convolutions by :math:`s_r u_r` and
     :math:`v_r` along the columns and rows (:func:`convolution_matrix`), and
-    :math:`A^\top y = \sum_r R_r^\top y\, C_r`.
+    :math:`A^\top y = \sum_r R_r^\top y\, C_r`, each product computed as a 1-D convolution (:func:`convolve_axis`:
+    the taps' length in multiply-adds per pixel, where the dense matrices cost the image's side). The matrices
+    themselves serve the exact data step (:mod:`sda_cli.proximal`).
     """
 
     def __init__(self, kernel: Tensor | Sequence[Sequence[float]], boundary: str = "reflect") -> None:
@@ -199,12 +226,17 @@ class Kernel(LinearOperator):
         return pairs[0] if len(pairs) == 1 else None
 
     def __call__(self, x: Tensor) -> Tensor:
-        _, _, h, w = _image_shape(x.shape)
-        return sum(rows @ x @ cols.T for rows, cols in self.matrices(h, w, x))  # type: ignore[return-value]
+        _image_shape(x.shape)
+        return sum(self._term(x, u, v, transpose=False) for u, v in self.factors)  # type: ignore[return-value]
 
     def adjoint(self, y: Tensor) -> Tensor:
-        _, _, h, w = _image_shape(y.shape)
-        return sum(rows.T @ y @ cols for rows, cols in self.matrices(h, w, y))  # type: ignore[return-value]
+        _image_shape(y.shape)
+        return sum(self._term(y, u, v, transpose=True) for u, v in self.factors)  # type: ignore[return-value]
+
+    def _term(self, x: Tensor, u: Tensor, v: Tensor, *, transpose: bool) -> Tensor:
+        """:math:`R x C^\top` (or :math:`R^\top x C`) for one factor: a convolution along each axis."""
+        columns = convolve_axis(x, u, -2, self.boundary, transpose=transpose)
+        return convolve_axis(columns, v, -1, self.boundary, transpose=transpose)
 
 
 def gaussian_kernel(sigma: float) -> Tensor:

@@ -66,6 +66,7 @@ __all__ = [
     "TILE",
     "TiledDenoiser",
     "default_tile",
+    "fitted_tile",
     "map_tiles",
     "map_tiles_vjp",
     "moving_cut",
@@ -93,6 +94,23 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
         return [0]
     stride = tile - overlap
     return [*range(0, size - tile, stride), size - tile]
+
+
+def fitted_tile(height: int, width: int, tile: int, overlap: int, grid: int = 1) -> int:
+    r"""The smallest square tile side, a multiple of ``grid`` and at most ``tile``, that covers an image of
+    ``height × width`` in as many tiles per axis as ``tile`` does, with the same ``overlap`` (and at least twice it).
+
+    An axis of :math:`L` pixels takes :math:`n` tiles of side ``tile`` (:func:`tile_starts`); :math:`n` tiles of side
+    :math:`s` with overlap :math:`o` cover it when :math:`n s - (n - 1) o \geq L`, so the least side is
+    :math:`\lceil (L + (n - 1) o) / n \rceil`, rounded up to the grid; the side for the image is the larger of its
+    two axes'. The network then evaluates less of the overlaps: a 1600 × 1200 photo in 12 tiles of 512² computes
+    3.1 megapixels for its 1.9; in 12 tiles of 432², 2.2."""
+    side = 0
+    for size in (height, width):
+        count = len(tile_starts(size, tile, overlap))
+        least = -(-(size + (count - 1) * overlap) // count)
+        side = max(side, -(-least // grid) * grid)
+    return min(max(side, 2 * overlap), tile)
 
 
 def tile_spans(size: int, tile: int, overlap: int, cut: float = 0.5) -> list[tuple[int, int]]:
@@ -311,7 +329,12 @@ class TiledDenoiser(JacobianProducts):
     def tiles_per_image(self, height: int, width: int) -> int:
         """Tiles in one evaluation of an image of this size (1 when it is not tiled)."""
         height, width = (-(-side // self.grid) * self.grid for side in (height, width))
-        return len(tile_starts(height, self.tile, self.overlap)) * len(tile_starts(width, self.tile, self.overlap))
+        side = self._side(height, width)
+        return len(tile_starts(height, side, self.overlap)) * len(tile_starts(width, side, self.overlap))
+
+    def _side(self, height: int, width: int) -> int:
+        """The tile side for a (padded) image of this size: :func:`fitted_tile`."""
+        return fitted_tile(height, width, self.tile, self.overlap, self.grid)
 
     def _network(self, t: float) -> Callable[[Tensor], Tensor]:
         def network(z: Tensor) -> Tensor:
@@ -343,7 +366,8 @@ class TiledDenoiser(JacobianProducts):
             if self._small(x_t):
                 return torch.cat([network(x_t[part]) for part in self._chunks(x_t)])
             padded = pad_to_multiple(x_t, self.grid)
-            out = map_tiles(network, padded, self.tile, self.overlap, cut=cut, batch_pixels=self.batch_pixels)
+            side = self._side(*padded.shape[-2:])
+            out = map_tiles(network, padded, side, self.overlap, cut=cut, batch_pixels=self.batch_pixels)
             return out[..., : x_t.shape[-2], : x_t.shape[-1]]
 
     def linearise(self, x_t: Tensor, t: float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -390,8 +414,9 @@ class TiledDenoiser(JacobianProducts):
             padded = pad_to_multiple(x, self.grid)
         rows, cols = padded.shape[-2] - x_t.shape[-2], padded.shape[-1] - x_t.shape[-1]
         v_padded = torch.nn.functional.pad(v, (0, cols, 0, rows))
+        side = self._side(*padded.shape[-2:])
         product = map_tiles_vjp(
-            network, padded.detach(), v_padded, self.tile, self.overlap, cut=cut, batch_pixels=self.batch_pixels
+            network, padded.detach(), v_padded, side, self.overlap, cut=cut, batch_pixels=self.batch_pixels
         )
         if rows or cols:
             (product,) = torch.autograd.grad(padded, x, product)

@@ -22,6 +22,8 @@ from sda_cli.operators import (
     LinearOperator,
     Mask,
     conjugate_gradient,
+    convolution_matrix,
+    convolve_axis,
     make_operator,
     minimal_residual,
     operator_matrix,
@@ -301,3 +303,22 @@ def test_axis_matrices_give_the_operator(name: str) -> None:
     assert (pair is not None) == separable
     if pair is not None:
         torch.testing.assert_close(pair[0] @ x @ pair[1].T, op(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("boundary", ["reflect", "circular"])
+@pytest.mark.parametrize(("size", "length"), [(9, 3), (16, 25), (5, 9), (40, 7)])
+def test_convolve_axis_is_the_convolution_matrix_and_its_transpose(boundary: str, size: int, length: int) -> None:
+    """The 1-D convolution along either axis, and its transpose, equal the dense :func:`convolution_matrix` (float64,
+    1e-12), taps longer than the axis included (the extension then wraps or reflects more than once)."""
+    taps = randn(length, seed=size + length)
+    matrix = convolution_matrix(taps, size, boundary)
+    x = randn(2, 3, size, size + 3, seed=1)
+    columns = convolution_matrix(taps, size + 3, boundary)
+    torch.testing.assert_close(convolve_axis(x, taps, -2, boundary), matrix @ x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        convolve_axis(x, taps, -2, boundary, transpose=True), matrix.T @ x, rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(convolve_axis(x, taps, -1, boundary), x @ columns.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        convolve_axis(x, taps, -1, boundary, transpose=True), x @ columns, rtol=1e-12, atol=1e-12
+    )
