@@ -32,7 +32,8 @@ was fitted on); the weights are untouched. The fit is ``sda_cli.calibration`` (`
 Photos. ``--photos N`` measures on N crops of the McMaster photos instead (``--crop`` pixels a side, default 96:
 crop i is taken from photo i mod 18, at the i div 18-th of a fixed set of positions, float noise as above), with no
 oracle row; ``--fit --fit-photos N`` fits on N crops of the BSDS400 photos (the photo model's training photos,
-chosen the same way), never on McMaster.
+chosen the same way), never on McMaster; ``--fit --fit-mosaics N`` fits on N mosaics of held-out CIFAR-10 test images
+(3 × 3 for the default crop of 96: :func:`held_out_mosaics`), which the photo model has not seen.
 
 The decomposition row ``oracle`` runs the same sampler (``sda_cli`` core, same steps and grid) on the exact
 denoiser of the Gaussian fitted to 20,000 CIFAR-10 training images (mean and full 3072 × 3072 covariance), on draws
@@ -77,7 +78,7 @@ from PIL import Image
 
 from sda_cli.calibration import STEPS, calibrate, write_calibrated
 from sda_cli.checkpoint import read_metadata
-from sda_cli.data import cifar10
+from sda_cli.data import cifar10, cifar_mosaics
 from sda_cli.inflation import inflation_factor
 from sda_cli.models import load_model
 
@@ -101,6 +102,17 @@ def held_out_images(count: int) -> torch.Tensor:
         np.asarray(Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in chosen
     ]
     return torch.from_numpy(np.stack(images)).double() / 255
+
+
+def held_out_mosaics(count: int, side: int) -> torch.Tensor:
+    """``count`` mosaics of ``side // 32`` × ``side // 32`` held-out test images (:func:`held_out_images`, each in
+    one mosaic, in a seeded random order; ``sda_cli.data.cifar_mosaics``, as the photo model's training mixes in
+    mosaics of the training images): images the photo model never saw, ``(N, 3, H, W)`` float32."""
+    k = side // 32
+    if k < 1:
+        raise SystemExit(f"mosaics need --crop of at least 32, got {side}")
+    images = held_out_images(count * k * k).permute(0, 3, 1, 2).float()
+    return torch.stack(cifar_mosaics(images, count, torch.Generator().manual_seed(0)))
 
 
 CROP_POSITIONS = ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75), (0.25, 0.75), (0.75, 0.25))
@@ -177,6 +189,9 @@ def fit(args: argparse.Namespace) -> list[list[str]]:
     if args.fit_photos:
         x = photo_crops(PHOTOS / "bsds400", args.fit_photos, args.crop).permute(0, 3, 1, 2).float()
         what = f"{args.fit_photos} crops of {args.crop}×{args.crop} pixels of BSDS400 photos, float Gaussian noise"
+    elif args.fit_mosaics:
+        x = held_out_mosaics(args.fit_mosaics, args.crop)
+        what = f"{fitted_on(args)}, float Gaussian noise"
     else:
         x = held_out_images(args.fit_count).permute(0, 3, 1, 2).float()
         what = f"{args.fit_count} CIFAR-10 test images outside the exact 1,000 (JPEG copies), float Gaussian noise"
@@ -190,6 +205,10 @@ def fitted_on(args: argparse.Namespace) -> str:
     """What the fit was measured on, for the table."""
     if args.fit_photos:
         return f"{args.fit_photos} crops of {args.crop}×{args.crop} pixels of BSDS400 photos (never McMaster)"
+    if args.fit_mosaics:
+        k = args.crop // 32
+        return (f"{args.fit_mosaics} mosaics of {k}×{k} held-out CIFAR-10 test images (JPEG copies outside the exact "
+                "1,000), each image in one mosaic")  # fmt: skip
     return f"{args.fit_count} held-out CIFAR-10 test images (JPEG copies outside the exact 1,000)"
 
 
@@ -248,21 +267,24 @@ def main() -> None:
     parser.add_argument("--fit-count", type=int, default=32)
     parser.add_argument("--photos", type=int, default=0, help="measure on this many McMaster crops instead")
     parser.add_argument("--fit-photos", type=int, default=0, help="fit on this many BSDS400 crops instead")
+    parser.add_argument(
+        "--fit-mosaics", type=int, default=0, help="fit on this many mosaics of held-out CIFAR-10 test images instead"
+    )
     parser.add_argument("--crop", type=int, default=96, help="the side of the photo crops")
     parser.add_argument("--fit-sigmas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
     args = parse(parser)
     with work_folder(args.work, "sda-calibration-") as work:
         if args.fit:
             rows = fit(args)
+            title = FIT_TITLE + (" (photos)" if args.fit_photos or args.fit_mosaics else "")
             text = "\n".join(
                 [
-                    header(FIT_TITLE + (" (photos)" if args.fit_photos else ""), checkpoint_line(args.model)),
+                    header(title, checkpoint_line(args.model)),
                     f"{fitted_on(args)}, K = {args.samples} raw draws at {args.steps[0]} steps; the factors go into "
                     "the checkpoint.\n",
                     table(["sigma", "E‖draw − m‖² / E‖x − m‖²", "inflation λ"], rows),
                 ]
             )
-            title = FIT_TITLE + (" (photos)" if args.fit_photos else "")
         else:
             rows = []
             images = (

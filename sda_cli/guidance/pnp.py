@@ -33,6 +33,9 @@ BSDS400 photos with the photo model (``benchmarks/restore_photos.py --photos bsd
 
 * an operator with a blur or a kernel: :math:`\lambda = 0.15` (0.1 and 0.15 beat DPIR's 0.23 by 0.1 dB, 0.05 diverges);
 * a blur or kernel alone (deblurring): 8 iterations, as DPIR (24 gain 0.14 dB at three times the cost);
+* a blur or kernel then decimation (DPIR's super-resolution): 12 iterations, where DPIR takes 24 (at
+  :math:`\lambda = 0.15`, ×2 / ×3 on eight 256² crops: 27.86 / 26.35 dB at 8, 27.91 / 26.41 at 12, 27.93 / 26.44 at
+  16, 27.95 / 26.47 at 24: half the cost for 0.04-0.06 dB, and a 2-megapixel photo within a minute);
 * otherwise DPIR's :math:`\lambda = 0.23` and 24 iterations (from 8 to 24 gains 0.12-0.14 dB, to 48 another 0.03).
 
 The self-ensemble is off by default: on those photos it gained 0.01 dB at eight times the cost.
@@ -52,7 +55,7 @@ import torch
 from torch import Tensor
 
 from sda_cli.guidance.base import Option, PosteriorMethod
-from sda_cli.operators import Identity, Kernel, LinearOperator, conjugate_gradient, stages
+from sda_cli.operators import Decimate, Identity, Kernel, LinearOperator, conjugate_gradient, stages
 from sda_cli.proximal import RegularisedInverse
 from sda_cli.sampler import DenoiserLike
 
@@ -103,9 +106,9 @@ class PnP(PosteriorMethod):
     """
 
     STEPS, LAMBDA, RHO_MAX, RHO_MIN, ENSEMBLE = 24, 0.23, 2 * 49 / 255, 2 * 1 / 255, 1
-    DEBLUR_STEPS, BLUR_LAMBDA = 8, 0.15
-    """The defaults for an operator with a blur or kernel (``lam``), and with nothing else (``steps``): module
-    docstring."""
+    DEBLUR_STEPS, SUPER_RESOLUTION_STEPS, BLUR_LAMBDA = 8, 12, 0.15
+    """The defaults for an operator with a blur or kernel (``lam``), with nothing else or with only decimation after
+    it (``steps``): module docstring."""
     name = "pnp"
     summary = "plug-and-play (DPIR): one deterministic estimate, the best PSNR and the fastest; no draws"
     options = (
@@ -128,6 +131,8 @@ class PnP(PosteriorMethod):
             self.lam = self.BLUR_LAMBDA
         if blurred and options.get("steps") is None and all(isinstance(part, (Kernel, Identity)) for part in parts):
             self.steps = self.DEBLUR_STEPS
+        elif blurred and options.get("steps") is None and all(isinstance(p, (Kernel, Decimate)) for p in parts):
+            self.steps = self.SUPER_RESOLUTION_STEPS
         if not self.rho_min <= self.rho_max:
             raise ValueError(f"need rho_min <= rho_max, got rho_min {self.rho_min} and rho_max {self.rho_max}")
 
