@@ -33,7 +33,8 @@ Photos. ``--photos N`` measures on N crops of the McMaster photos instead (``--c
 crop i is taken from photo i mod 18, at the i div 18-th of a fixed set of positions, float noise as above), with no
 oracle row; ``--fit --fit-photos N`` fits on N crops of the BSDS400 photos (the photo model's training photos,
 chosen the same way), never on McMaster; ``--fit --fit-mosaics N`` fits on N mosaics of held-out CIFAR-10 test images
-(3 × 3 for the default crop of 96: :func:`held_out_mosaics`), which the photo model has not seen.
+(3 × 3 for the default crop of 96: :func:`held_out_mosaics`), which the photo model has not seen: the JPEG copies, or
+with ``--exact-mosaics`` the exact 1,000 (full colour resolution).
 
 The decomposition row ``oracle`` runs the same sampler (``sda_cli`` core, same steps and grid) on the exact
 denoiser of the Gaussian fitted to 20,000 CIFAR-10 training images (mean and full 3072 × 3072 covariance), on draws
@@ -104,14 +105,19 @@ def held_out_images(count: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).double() / 255
 
 
-def held_out_mosaics(count: int, side: int) -> torch.Tensor:
-    """``count`` mosaics of ``side // 32`` × ``side // 32`` held-out test images (:func:`held_out_images`, each in
-    one mosaic, in a seeded random order; ``sda_cli.data.cifar_mosaics``, as the photo model's training mixes in
-    mosaics of the training images): images the photo model never saw, ``(N, 3, H, W)`` float32."""
+def held_out_mosaics(count: int, side: int, exact: Path | None = None) -> torch.Tensor:
+    """``count`` mosaics of ``side // 32`` × ``side // 32`` CIFAR-10 test images that the photo model never saw, each
+    in one mosaic, in a seeded random order (``sda_cli.data.cifar_mosaics``, as the photo model's training mixes in
+    mosaics of the training images): the JPEG copies outside the exact 1,000 (:func:`held_out_images`: 4:2:0 chroma,
+    as the BSDS400 photos), or with ``exact`` (the folder holding ``cifar-10-batches-py/``) the exact 1,000 (full
+    colour resolution, as the McMaster photos); ``(N, 3, H, W)`` float32."""
     k = side // 32
     if k < 1:
         raise SystemExit(f"mosaics need --crop of at least 32, got {side}")
-    images = held_out_images(count * k * k).permute(0, 3, 1, 2).float()
+    if exact is None:
+        images = held_out_images(count * k * k).permute(0, 3, 1, 2).float()
+    else:
+        images = cifar10(exact, train=False, download=False).images[: count * k * k].float() / 255
     return torch.stack(cifar_mosaics(images, count, torch.Generator().manual_seed(0)))
 
 
@@ -190,7 +196,7 @@ def fit(args: argparse.Namespace) -> list[list[str]]:
         x = photo_crops(PHOTOS / "bsds400", args.fit_photos, args.crop).permute(0, 3, 1, 2).float()
         what = f"{args.fit_photos} crops of {args.crop}×{args.crop} pixels of BSDS400 photos, float Gaussian noise"
     elif args.fit_mosaics:
-        x = held_out_mosaics(args.fit_mosaics, args.crop)
+        x = held_out_mosaics(args.fit_mosaics, args.crop, args.data_dir if args.exact_mosaics else None)
         what = f"{fitted_on(args)}, float Gaussian noise"
     else:
         x = held_out_images(args.fit_count).permute(0, 3, 1, 2).float()
@@ -207,8 +213,8 @@ def fitted_on(args: argparse.Namespace) -> str:
         return f"{args.fit_photos} crops of {args.crop}×{args.crop} pixels of BSDS400 photos (never McMaster)"
     if args.fit_mosaics:
         k = args.crop // 32
-        return (f"{args.fit_mosaics} mosaics of {k}×{k} held-out CIFAR-10 test images (JPEG copies outside the exact "
-                "1,000), each image in one mosaic")  # fmt: skip
+        source = "the exact 1,000" if args.exact_mosaics else "JPEG copies outside the exact 1,000"
+        return f"{args.fit_mosaics} mosaics of {k}×{k} CIFAR-10 test images ({source}), each image in one mosaic"
     return f"{args.fit_count} held-out CIFAR-10 test images (JPEG copies outside the exact 1,000)"
 
 
@@ -270,6 +276,7 @@ def main() -> None:
     parser.add_argument(
         "--fit-mosaics", type=int, default=0, help="fit on this many mosaics of held-out CIFAR-10 test images instead"
     )
+    parser.add_argument("--exact-mosaics", action="store_true", help="mosaics of the exact 1,000 test images")
     parser.add_argument("--crop", type=int, default=96, help="the side of the photo crops")
     parser.add_argument("--fit-sigmas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
     args = parse(parser)

@@ -19,6 +19,8 @@ with :math:`w = \lambda \sigma_y^2 / \rho^2` (Zhang et al., 2021, eq. 7). :class
   circular blur and decimation gets from the Fourier transform (Zhao et al., 2016), here for reflecting boundaries
   too. With :math:`w = 0` (a noise-free observation) eigenvalues below ``1e-9`` of the largest count as zero, and
   the solve is the pseudo-inverse's;
+  The data step's :math:`b = A^\top r` is solved as :math:`A^\top (A A^\top + w I)^{-1} r`
+  (:meth:`RegularisedInverse.of_adjoint`) where the observation is the smaller space, as for super-resolution;
 * for a mask, :math:`A^\top A = \operatorname{diag}(m)`: :math:`b \oslash (m + w)`;
 * otherwise (a mask after a blur, a kernel of rank above 1), by conjugate gradients until the residual is below
   ``tolerance`` of :math:`\lVert b \rVert`, or ``max_steps``.
@@ -46,7 +48,7 @@ RANK_CUTOFF = 1e-9
 
 class RegularisedInverse:
     r""":math:`b, w \mapsto (A^\top A + w I)^{-1} b` for images of ``shape = (C, H, W)`` (module docstring);
-    ``like`` gives the dtype and device. The eigendecompositions are computed once, here."""
+    ``like`` gives the dtype and device. Each eigendecomposition is computed once, when first needed."""
 
     def __init__(
         self,
@@ -58,34 +60,57 @@ class RegularisedInverse:
         max_steps: int = 1000,
     ) -> None:
         self.operator, self.tolerance, self.max_steps = operator, tolerance, max_steps
+        self.dtype = like.dtype
         self.mask: Tensor | None = None
-        self.eigen: tuple[Tensor, Tensor, Tensor] | None = None
+        self.pair: tuple[Tensor, Tensor] | None = None
+        self._eigen: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         height, width = int(shape[-2]), int(shape[-1])
         if isinstance(operator, Mask):
             self.mask = operator.mask.to(dtype=like.dtype, device=like.device)
             return
-        pair = operator.axis_matrices(height, width, like.new_empty(0, dtype=torch.float64))
-        if pair is not None:
-            a, u = torch.linalg.eigh(pair[0].T @ pair[0])
-            c, v = torch.linalg.eigh(pair[1].T @ pair[1])
-            spectrum = a.clamp(min=0)[:, None] * c.clamp(min=0)[None, :]
-            self.eigen = (u.to(like.dtype), v.to(like.dtype), spectrum)
+        self.pair = operator.axis_matrices(height, width, like.new_empty(0, dtype=torch.float64))
 
     @property
     def exact(self) -> bool:
         """Whether the solve is exact (a closed form), not iterative."""
-        return self.mask is not None or self.eigen is not None
+        return self.mask is not None or self.pair is not None
 
     def __call__(self, b: Tensor, weight: float) -> Tensor:
         r""":math:`(A^\top A + w I)^{-1} b` for a batch ``b`` of images, ``weight`` :math:`w \geq 0`."""
         if self.mask is not None:
             denominator = self.mask + weight
             return torch.where(denominator > 0, b / torch.where(denominator > 0, denominator, 1), 0)
-        if self.eigen is not None:
-            u, v, spectrum = self.eigen
-            denominator = spectrum + weight
-            floor = RANK_CUTOFF * float(spectrum.max()) if weight == 0 else 0.0
-            scale = torch.where(denominator > floor, 1 / denominator.clamp(min=1e-300), 0).to(b.dtype)
-            return u @ ((u.T @ b @ v) * scale) @ v.T
+        if self.pair is not None:
+            return self._diagonalised("image", b, weight)
         a = self.operator
         return conjugate_gradient(lambda x: a.adjoint(a(x)) + weight * x, b, self.max_steps, self.tolerance)
+
+    def of_adjoint(self, r: Tensor, weight: float) -> Tensor:
+        r""":math:`(A^\top A + w I)^{-1} A^\top r` for a batch ``r`` of observations: the data step's increment.
+
+        Where the observation is smaller than the image (decimation, a block average), by the push-through identity
+        :math:`(A^\top A + w I)^{-1} A^\top = A^\top (A A^\top + w I)^{-1}`, diagonalised in the observation's
+        space (:math:`A A^\top = M M^\top \otimes N N^\top`, whose eigenvalues are those of :math:`A^\top A`
+        that are not structurally zero): the four products on a ×2 observation cost an eighth of the image's. At
+        :math:`w = 0` both sides are the pseudo-inverse :math:`A^+ r`."""
+        if self.pair is not None and self.pair[0].shape[0] * self.pair[1].shape[0] < (
+            self.pair[0].shape[1] * self.pair[1].shape[1]
+        ):
+            return self.operator.adjoint(self._diagonalised("observation", r, weight))
+        return self(self.operator.adjoint(r), weight)
+
+    def _diagonalised(self, space: str, b: Tensor, weight: float) -> Tensor:
+        r""":math:`U [(U^\top b V) \oslash (a c^\top + w)] V^\top` with the eigendecompositions of :math:`M^\top M`
+        and :math:`N^\top N` (``space`` "image") or of :math:`M M^\top` and :math:`N N^\top` ("observation")."""
+        if space not in self._eigen:
+            assert self.pair is not None
+            gram = (lambda k: k.T @ k) if space == "image" else (lambda k: k @ k.T)
+            a, u = torch.linalg.eigh(gram(self.pair[0]))
+            c, v = torch.linalg.eigh(gram(self.pair[1]))
+            spectrum = a.clamp(min=0)[:, None] * c.clamp(min=0)[None, :]
+            self._eigen[space] = (u.to(self.dtype), v.to(self.dtype), spectrum)
+        u, v, spectrum = self._eigen[space]
+        denominator = spectrum + weight
+        floor = RANK_CUTOFF * float(spectrum.max()) if weight == 0 else 0.0
+        scale = torch.where(denominator > floor, 1 / denominator.clamp(min=1e-300), 0).to(b.dtype)
+        return u @ ((u.T @ b @ v) * scale) @ v.T

@@ -147,7 +147,7 @@ class PnP(PosteriorMethod):
     def data_step(self, x: Tensor, rho: float, inverse: RegularisedInverse) -> Tensor:
         """:math:`z_k` (module docstring), by ``inverse``: no network."""
         a, weight = self.operator, self.lam * self.sigma_y**2 / rho**2
-        return x + inverse(a.adjoint(self.y - a(x)), weight)  # type: ignore[union-attr]
+        return x + inverse.of_adjoint(self.y - a(x), weight)  # type: ignore[union-attr]
 
     def prior_step(self, z: Tensor, rho: float) -> Tensor:
         r""":math:`\hat{x}(\alpha_t z, t)` at the time :math:`t` whose noise ratio is :math:`\rho`, averaged over
