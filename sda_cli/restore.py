@@ -34,7 +34,7 @@ from sda_cli.images import to_model, to_pixels
 from sda_cli.inflation import inflate, inflation_factor
 from sda_cli.operators import Downsample, Identity, LinearOperator, stages
 from sda_cli.seeds import seeded_generator
-from sda_cli.tiles import BACKWARD_FACTOR, PIXELS_PER_CALL, TiledDenoiser, default_tile
+from sda_cli.tiles import BACKWARD_FACTOR, PIXELS_PER_CALL, TiledDenoiser, default_tile, is_local
 
 __all__ = [
     "batch_pixels",
@@ -292,7 +292,7 @@ def restore(
     if generator is None:
         generator, _ = seeded_generator(seed, random_stream(denoising), device)
     side, overlap, grid = default_tile(model, tile)
-    denoiser = TiledDenoiser(model, side, overlap, batch_pixels(kind), grid=grid)
+    denoiser = TiledDenoiser(model, side, overlap, batch_pixels(kind), grid=grid, fit=is_local(model))
     given = {"steps": steps} if steps is not None else {}
     given |= {name: value for name, value in options.items() if value is not None}
     channels = model.backbone.config.channels

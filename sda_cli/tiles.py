@@ -67,6 +67,7 @@ __all__ = [
     "TiledDenoiser",
     "default_tile",
     "fitted_tile",
+    "is_local",
     "map_tiles",
     "map_tiles_vjp",
     "moving_cut",
@@ -274,6 +275,12 @@ whole image away from its edges, so large tiles with a narrow overlap (1/16 of t
 little on overlaps (``benchmarks/RESULTS.md``, photo model)."""
 
 
+def is_local(model: Denoiser) -> bool:
+    """Whether the model's network is local: no normalisation, no attention (``sda_cli.unet``, ``norm="none"``)."""
+    config = model.backbone.config
+    return getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
+
+
 def default_tile(model: Denoiser, tile: int | None = None) -> tuple[int, int, int]:
     """The tile side, overlap and grid: a given ``tile`` with 1/8 of it as overlap; with none, :data:`LOCAL_TILE` and
     1/16 of it for a local network, the network's own training size (``sample_size``, a diffusers DDPM) and 1/8 of it
@@ -284,7 +291,7 @@ def default_tile(model: Denoiser, tile: int | None = None) -> tuple[int, int, in
     native = getattr(config, "sample_size", None)
     if tile is None and native is not None:
         return native, native // 8, 1
-    local = getattr(config, "norm", "group") == "none" and not getattr(config, "attention_levels", (0,))
+    local = is_local(model)
     grid = int(getattr(config, "factor", 1)) if local else 1
     if tile is not None:
         side = -(-tile // grid) * grid
@@ -303,7 +310,9 @@ class TiledDenoiser(JacobianProducts):
     and its draws have no seams: only :math:`\hat{x}` is stitched. With a ``grid`` (a local network's downsampling
     factor; ``tile`` and ``overlap`` multiples of it) the image is first padded to a multiple of it as the network
     pads (:func:`sda_cli.unet.pad_to_multiple`), so that every tile starts on the network's grid, and the result is
-    cropped back.
+    cropped back. With ``fit`` (for a local network, whose output away from a tile's edges does not depend on the
+    tile's size: :func:`is_local`) each image's tiles shrink to :func:`fitted_tile`; a global network keeps ``tile``,
+    the context it was made for.
     """
 
     def __init__(
@@ -314,11 +323,12 @@ class TiledDenoiser(JacobianProducts):
         batch_pixels: int,
         on_tiles: Callable[[int], None] | None = None,
         grid: int = 1,
+        fit: bool = False,
     ) -> None:
         if tile % grid or overlap % grid:
             raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of the grid {grid}")
         self.denoiser, self.tile, self.overlap, self.batch_pixels = denoiser, tile, overlap, batch_pixels
-        self.grid = grid
+        self.grid, self.fit = grid, fit
         self.schedule = denoiser.schedule
         self.on_tiles = on_tiles
         """Called after each network call with the number of tiles (or small images) it evaluated."""
@@ -333,8 +343,8 @@ class TiledDenoiser(JacobianProducts):
         return len(tile_starts(height, side, self.overlap)) * len(tile_starts(width, side, self.overlap))
 
     def _side(self, height: int, width: int) -> int:
-        """The tile side for a (padded) image of this size: :func:`fitted_tile`."""
-        return fitted_tile(height, width, self.tile, self.overlap, self.grid)
+        """The tile side for a (padded) image of this size: :func:`fitted_tile` with ``fit``, else ``tile``."""
+        return fitted_tile(height, width, self.tile, self.overlap, self.grid) if self.fit else self.tile
 
     def _network(self, t: float) -> Callable[[Tensor], Tensor]:
         def network(z: Tensor) -> Tensor:
