@@ -40,7 +40,7 @@ from _common import (
     table,
     work_folder,
 )
-from calibration import photo_crops
+from calibration import photo_crops, std_ratio
 from PIL import Image
 
 TITLE = "Spread of restore's posterior draws on photo crops"
@@ -99,7 +99,7 @@ def main() -> None:
                 mean = torch.from_numpy(np.stack([np.load(mean_dir / name) for name in names])).double()
                 std = torch.from_numpy(np.stack([np.load(std_dir / name) for name in names])).double()
                 k = args.samples
-                ratio = float((mean - x).square().sum() / ((1 + 1 / k) * std.square().sum()))
+                ratio = std_ratio(x, mean, std, k)
                 draw = implied_draw_ratio(ratio, k)
                 verdict = "pass" if 0.9 <= ratio <= 1.1 and 1.9 <= draw <= 2.1 else "FAIL"
                 quality = float(psnr(mean.clamp(0, 1), x).mean())

@@ -432,6 +432,27 @@ def test_only_local_networks_get_fitted_tiles() -> None:
     assert (fitted._side(1200, 1600), kept._side(1200, 1600)) == (432, 512)
 
 
+def test_restore_fits_tiles_to_the_image_only_for_a_local_network() -> None:
+    """``sda_cli.restore.restore`` wires ``is_local`` to the tiler: the sides of the tiles its network is called on
+    (a forward pre-hook on the backbone) are :func:`fitted_tile`'s for a local network, below the default side, and
+    the default side itself for a network with group norm."""
+    from sda_cli.restore import restore
+
+    grouped = Denoiser(UNet(UNetConfig(channels=3, widths=(8, 16), blocks=1, attention_levels=())), CosineSchedule())
+    shapes: list[tuple[int, ...]] = []
+    for model, (height, width) in ((local_denoiser(), (560, 600)), (grouped.eval(), (70, 72))):
+        side, overlap, grid = default_tile(model)
+        expected = fitted_tile(height, width, side, overlap, grid) if is_local(model) else side
+        assert is_local(model) == (expected < side)
+        shapes.clear()
+        hook = model.backbone.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[-2:])))
+        try:
+            restore(model, torch.rand(3, height, width), 0.05, method="pnp", steps=1, seed=0)
+        finally:
+            hook.remove()
+        assert shapes and set(shapes) == {(expected, expected)}
+
+
 def receptive_radius(model: Denoiser) -> int:
     """How far an output pixel sees: the largest offset, along rows or columns, of an input pixel with a non-zero
     gradient for the centre pixel of a 160 x 160 image (by autograd)."""
