@@ -21,6 +21,10 @@ Both come from one run: the raw mean and spread follow from the inflated ones, `
 ``s_raw = s / λ``. The column ``K = 8 (predicted)`` gives the std ratio that the default ``--method mean`` (K = 8)
 would have, from the same sums, for draws centred on ``m``: ``(E|x - m|² + E s²/8) / ((1 + 1/8) E s²)``.
 
+``--inflation sure`` replaces both rows by one, ``model (SURE, per image)``: the draws of ``--inflation sure``, each
+image inflated by its own factor from Stein's unbiased risk estimate of its error (``sda_cli/inflation.py``), which
+needs no images held out.
+
 Fit. ``--fit`` measures the factor λ = (E|x - m|² / E|draw - m|²)^½ at each ``--fit-sigmas`` level on
 ``--fit-count`` CIFAR-10 test images that are neither trained on nor used for the table (the lossy JPEG copies of the
 9,000 test images outside the exact 1,000, evenly spread over the classes), from K = ``--samples`` raw draws at the
@@ -233,6 +237,10 @@ def model_rows(args: argparse.Namespace, work: Path, sigma: float) -> list[list[
     factor = inflation_factor(read_metadata(args.model).get("calibration", {}).get("inflation", []), sigma)
     rows = []
     for steps in args.steps:
+        if args.inflation == "sure":
+            m, mean, std, seconds = _denoise_files(args, work, "sure", x, sigma, steps, "sure")
+            rows.append(_row("model (SURE, per image)", sigma, steps, args.samples, x, m, mean, std, seconds))
+            continue
         m, mean, std, seconds = _denoise_files(args, work, "test", x, sigma, steps, "auto")
         raw_mean, raw_std = m + (mean - m) / factor, std / factor
         rows.append(_row("model, raw draws", sigma, steps, args.samples, x, m, raw_mean, raw_std, None))
@@ -274,6 +282,9 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--steps", type=int, nargs="+", default=[STEPS], help=f"sampler steps (default: {STEPS})")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--inflation", choices=["auto", "sure"], default="auto", help="sure: each image's factor from SURE instead"
+    )
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--fit", action="store_true", help="fit the inflation factors and write them into --model")
     parser.add_argument("--fit-count", type=int, default=32)

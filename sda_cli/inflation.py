@@ -22,9 +22,26 @@ standard deviation of :math:`K` draws predicts the error of their mean,
 (``benchmarks/calibration.py --fit``); between them :math:`\lambda` is interpolated linearly in
 :math:`\log \sigma`, and beyond them held at the nearest end.
 
-Reference:
+Per image, without held-out images (``--inflation sure``, denoising only): for :math:`y = x + \sigma n` with white
+Gaussian noise, Stein's unbiased risk estimate (Stein, 1981) gives the error of :math:`\hat{x}(y)` on the image at
+hand from :math:`y` alone,
+
+.. math:: \mathrm{SURE}(y) = \lVert y - \hat{x}(y) \rVert^2 - n \sigma^2 + 2 \sigma^2\, \nabla_y \cdot \hat{x}(y),
+          \qquad \mathbb{E}_n\, \mathrm{SURE}(y) = \mathbb{E}_n \lVert x - \hat{x}(y) \rVert^2,
+
+its divergence by Hutchinson's estimator :math:`b^\top J b` with one Rademacher probe :math:`b` (Hutchinson, 1989;
+one forward and one backward pass), and :math:`\lambda^2 = \mathrm{SURE} / \sum s^2` with :math:`s^2` the draws'
+per-pixel variance: the factor above, fitted on the observation itself. It holds whatever the images are like, so
+it serves images unlike those a checkpoint's table was fitted on; its own noise falls as the image grows (the first
+term's spread is about :math:`\sigma^2 \sqrt{2n}`), so :math:`\lambda` is kept within :data:`SURE_RANGE`.
+Pixels clipped in an integer file are left out of all three sums: their noise is not Gaussian.
+
+References:
     Anderson & Anderson, "A Monte Carlo implementation of the nonlinear filtering problem to produce ensemble
     assimilations and forecasts", Monthly Weather Review 127, 1999.
+    Stein, "Estimation of the mean of a multivariate normal distribution", The Annals of Statistics 9, 1981.
+    Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian smoothing splines",
+    Communications in Statistics - Simulation and Computation 18, 1989.
 """
 
 from __future__ import annotations
@@ -33,9 +50,16 @@ import math
 from collections.abc import Sequence
 from itertools import pairwise
 
+import torch
 from torch import Tensor
 
-__all__ = ["fit_factor", "inflate", "inflation_factor"]
+from sda_cli.sampler import DenoiserLike
+
+__all__ = ["SURE_RANGE", "fit_factor", "inflate", "inflation_factor", "sure_factors"]
+
+SURE_RANGE = (1 / 3, 3.0)
+"""The bounds of a per-image factor from SURE: a guard against the estimate's noise on small images (module
+docstring), far outside the factors measured on photos."""
 
 
 def inflation_factor(table: Sequence[Sequence[float]], sigma: float) -> float:
@@ -54,9 +78,45 @@ def inflation_factor(table: Sequence[Sequence[float]], sigma: float) -> float:
     raise AssertionError("unreachable: sigma lies between the table's ends")
 
 
-def inflate(draws: Tensor, mean: Tensor, factor: float) -> Tensor:
-    """:math:`\\hat{x} + \\lambda (\\text{draw} - \\hat{x})` for draws ``(K, ...)`` around ``mean`` ``(...)``."""
+def inflate(draws: Tensor, mean: Tensor, factor: float | Tensor) -> Tensor:
+    """:math:`\\hat{x} + \\lambda (\\text{draw} - \\hat{x})` for draws ``(K, B, ...)`` around ``mean`` ``(B, ...)``;
+    ``factor`` one number, or one per image ``(B,)``."""
+    if isinstance(factor, Tensor):
+        return mean + factor.reshape(-1, *[1] * (mean.ndim - 1)).to(draws) * (draws - mean)
     return draws if factor == 1.0 else mean + factor * (draws - mean)
+
+
+def sure_factors(
+    denoiser: DenoiserLike,
+    y: Tensor,
+    sigma_y: float,
+    t: float,
+    alpha: float,
+    draws: Tensor,
+    kept: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""The posterior mean :math:`\hat{x}(y) = \hat{x}(\alpha y, t)` of observations ``y`` ``(B, C, H, W)`` with
+    noise ``sigma_y`` (model units; :math:`t` the matched time, :math:`\alpha = \alpha_t`) and each image's factor
+    :math:`\lambda = (\mathrm{SURE} / \sum s^2)^{1/2}` (module docstring), ``(B,)``, within :data:`SURE_RANGE`.
+
+    ``draws``: ``(K, B, C, H, W)``, :math:`K \geq 2`; ``kept``: the pixels that count (``True``), broadcastable to
+    ``y`` (default: all); ``denoiser``: with ``mean_and_vjp`` (:class:`sda_cli.denoiser.JacobianProducts`), whose
+    Jacobian in :math:`x_t = \alpha y` is :math:`1 / \alpha` times the one in :math:`y`."""
+    if draws.shape[0] < 2:
+        raise ValueError("a factor from SURE needs the spread of 2 draws or more")
+    device = generator.device if generator is not None else y.device
+    probe = (2 * torch.randint(0, 2, y.shape, generator=generator, device=device) - 1).to(y)
+    x_hat, product = denoiser.mean_and_vjp(alpha * y, t, lambda _: probe)  # type: ignore[attr-defined]
+    weight = torch.ones_like(y) if kept is None else kept.expand_as(y).to(y)
+    dims = tuple(range(1, y.ndim))
+    divergence = (weight * alpha * probe * product).sum(dims)
+    residual = (weight * (y - x_hat) ** 2).sum(dims)
+    sure = residual - weight.sum(dims) * sigma_y**2 + 2 * sigma_y**2 * divergence
+    spread = (weight * draws.var(0)).sum(dims)
+    factor = (sure.clamp_min(0) / spread).sqrt()
+    return x_hat, factor.clamp(*SURE_RANGE)
 
 
 def fit_factor(mmse_error: float, draw_spread: float) -> float:

@@ -11,7 +11,8 @@ identity for denoising) to the estimate and the per-pixel standard deviation of 
 4. grouping: images with their own noise levels (``--sigma auto``) are processed level by level;
 5. the method (:data:`sda_cli.guidance.METHODS`), with its own defaults: :math:`K` draws of the whole image, one noise
    field (the draws have no seams), their mean (or, for ``posterior``, the first) and their spread; draws of the exact
-   posterior are inflated about the posterior mean by the model's calibrated factor (:mod:`sda_cli.inflation`);
+   posterior are inflated about the posterior mean by the model's calibrated factor, or by each image's own from
+   Stein's unbiased risk estimate (``inflation="sure"``; :mod:`sda_cli.inflation`);
 6. tiling and memory: only the network evaluation inside each step is split, into tiles of large images and chunks
    of many small ones (:class:`sda_cli.tiles.TiledDenoiser`), fewer pixels per call for methods with a backward pass.
 
@@ -31,7 +32,7 @@ from sda_cli.clipping import impute_clipped
 from sda_cli.denoiser import Denoiser
 from sda_cli.guidance import PosteriorMethod, get_method, matched_time
 from sda_cli.images import to_model, to_pixels
-from sda_cli.inflation import inflate, inflation_factor
+from sda_cli.inflation import inflate, inflation_factor, sure_factors
 from sda_cli.operators import Downsample, Identity, LinearOperator, stages
 from sda_cli.seeds import seeded_generator
 from sda_cli.tiles import BACKWARD_FACTOR, PIXELS_PER_CALL, TiledDenoiser, default_tile, is_local
@@ -98,16 +99,16 @@ def check_sigma(model: Denoiser, sigma: float) -> None:
 
 
 def parse_inflation(inflation: float | str) -> float | str:
-    """``auto`` or a number in (0, 10) (a string of one is read), else ``ValueError``."""
+    """``auto``, ``sure`` or a number in (0, 10) (a string of one is read), else ``ValueError``."""
     if isinstance(inflation, str):
-        if inflation.strip().lower() == "auto":
-            return "auto"
+        if inflation.strip().lower() in ("auto", "sure"):
+            return inflation.strip().lower()
         try:
             inflation = float(inflation)
         except ValueError:
             pass
     if isinstance(inflation, bool) or not isinstance(inflation, (int, float)) or not 0 < inflation < 10:
-        raise ValueError(f"inflation must be auto or a number in (0, 10) such as 1, not {inflation!r}")
+        raise ValueError(f"inflation must be auto, sure or a number in (0, 10) such as 1, not {inflation!r}")
     return float(inflation)
 
 
@@ -144,7 +145,11 @@ def check_request(
         raise ValueError(f"method {method} denoises only (y = x + noise); for this operator use one of {others}")
     if clipped not in CLIPPED:
         raise ValueError(f"clipped must be auto, on or off, not {clipped!r}")
-    parse_inflation(inflation)
+    if parse_inflation(inflation) == "sure" and kind.calibrated and draws < 2:  # calibrated methods only denoise
+        raise ValueError(
+            "inflation sure scales the draws' own spread to the error it estimates: pass samples=2 or more "
+            "(--samples 2)"
+        )
     return kind, draws
 
 
@@ -211,7 +216,7 @@ def random_stream(denoising: bool) -> str:
 
 def _inflation_factor(model: Denoiser, kind: type[PosteriorMethod], inflation: float | str, sigma: float) -> float:
     """The factor the draws of ``kind`` are inflated by at pixel level ``sigma``: 1 unless they are calibrated."""
-    if not kind.calibrated:
+    if not kind.calibrated or inflation == "sure":  # sure: a factor per image, from the image (sure_factors)
         return 1.0
     return inflation_factor(getattr(model, "inflation", ()), sigma) if inflation == "auto" else float(inflation)
 
@@ -264,7 +269,9 @@ def restore(
         bit_depth: 8 or 16 when the observation comes from an integer file (clipped and quantised), else ``None``.
         clipped: ``auto`` (impute clipped pixels of integer files), ``on`` (of any input) or ``off``.
         inflation: the factor by which calibrated draws (``posterior``, ``mean``) move away from the posterior mean:
-            ``auto`` (the model's calibrated factor at this sigma, 1 if it has none) or a number (1: raw draws).
+            ``auto`` (the model's calibrated factor at this sigma, 1 if it has none), ``sure`` (each image's own
+            factor from Stein's unbiased risk estimate of its error: denoising with 2 draws or more;
+            :func:`sda_cli.inflation.sure_factors`) or a number (1: raw draws).
         seed: the seed of the command line's ``--seed`` (``sda denoise``'s stream with no operator, else
             ``sda restore``'s); or pass ``generator``.
         tile: images larger than this are evaluated in overlapping tiles (default: :func:`~sda_cli.tiles.default_tile`).
@@ -283,7 +290,9 @@ def restore(
     if len(levels) != count:
         raise ValueError(f"got {len(levels)} noise levels for {count} images")
     denoising = isinstance(operator, Identity)
-    kind, draws = check_request(method, samples, steps, options, sigma=levels, denoising=denoising, clipped=clipped)
+    kind, draws = check_request(
+        method, samples, steps, options, sigma=levels, denoising=denoising, clipped=clipped, inflation=inflation
+    )
     inflation = parse_inflation(inflation)
     shape = (colours, *image_size(operator, height, width))
     if tuple(operator.out_shape((count, *shape))) != tuple(batch.shape):
@@ -314,7 +323,14 @@ def restore(
         posterior = kind(denoiser, repeated, sigma_obs, operator=operator, shape=full, **given)
         drawn = posterior.sample(generator=generator).reshape(draws, len(index), *full)
         factor = _inflation_factor(model, kind, inflation, level)
-        if factor != 1.0:
+        if inflation == "sure" and kind.calibrated:
+            t = matched_time(model.schedule, sigma_obs)
+            alpha = float(model.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))[0])
+            pixels = batch[index].to(device)
+            kept = None if step is None else (pixels > 0) & (pixels < 1)  # clipped pixels' noise is not Gaussian
+            center, factors = sure_factors(denoiser, observed, sigma_obs, t, alpha, drawn, kept, generator=generator)
+            drawn = inflate(drawn, center, factors)
+        elif factor != 1.0:
             center = kind(denoiser, observed, sigma_obs, operator=operator, shape=full, **given).mean()
             drawn = inflate(drawn, center, factor)
         drawn = back(drawn)
@@ -348,7 +364,8 @@ def _network_calls(
         per_call = max(1, denoiser.batch_pixels // (shape[1] * shape[2]))
         one_call = tiles == 1 and draws * count <= per_call
         inflating = _inflation_factor(model, kind, inflation, level) != 1.0
-        total += tiles * count * (draws * method.passes(one_call) + int(inflating))
+        sure = 0 if inflation != "sure" or not kind.calibrated else 1 if tiles == 1 and count <= per_call else 2
+        total += tiles * count * (draws * method.passes(one_call) + int(inflating) + sure)
     return total
 
 

@@ -168,6 +168,17 @@ CASES = {
         "outside this model's noise range [0.0005, 500] (in [0, 1] pixel units)",
         2,
     ),
+    "inflation sure with an estimated sigma": (
+        "denoise {img} -o {tmp}/out.png --model {model} --sigma auto --method mean --inflation sure".split(),
+        "--inflation sure needs the exact noise level (its estimate of the error moves by n·Δσ²): give --sigma as a "
+        "number, or use --inflation auto",
+        2,
+    ),
+    "inflation sure with one draw": (
+        "denoise {img} -o {tmp}/out.png --model {model} --sigma 0.1 --method posterior --inflation sure".split(),
+        "inflation sure scales the draws' own spread to the error it estimates: pass samples=2 or more (--samples 2)",
+        2,
+    ),
     # checkpoints
     "truncated checkpoint": (["info", "{bad}/truncated.safetensors"], "not a readable safetensors file", 1),
     "no sda metadata": ([*DENOISE, "{bad}/plain.safetensors"], "without sda metadata", 1),

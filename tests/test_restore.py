@@ -187,6 +187,8 @@ def test_bad_arguments_are_refused() -> None:
         ("mmse", {}),
         ("posterior", {"steps": 3, "inflation": 1.1}),
         ("mean", {"steps": 2, "samples": 3}),
+        ("mean", {"steps": 2, "samples": 2, "inflation": "sure"}),
+        ("mean", {"steps": 2, "samples": 2, "inflation": "sure", "tile": 64}),
         ("sda", {"steps": 2}),
         ("langevin", {"steps": 2, "levels": 2}),
         ("guided", {"steps": 3}),
@@ -195,11 +197,12 @@ def test_bad_arguments_are_refused() -> None:
 def test_progress_counts_every_tile_the_network_evaluates(method: str, options: dict) -> None:
     """The progress callback's count of tiles reaches its announced total exactly, in steps that never go back:
     the total (tiles per evaluation times the method's evaluations, draws, sda's split backward pass and the
-    inflation's extra evaluation) is what the network is actually asked to do."""
+    inflation's extra evaluation, SURE's forward and backward pass) is what the network is actually asked to do, in
+    tiles of 16 and, with ``tile`` 64, whole."""
     calls: list[tuple[int, int]] = []
     pixels = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(3))
-    denoise(IndependentPixels(0.3), pixels, 0.1, method=method, tile=16, seed=0, progress=lambda *c: calls.append(c),
-            **options)  # fmt: skip
+    denoise(IndependentPixels(0.3), pixels, 0.1, method=method, seed=0, progress=lambda *c: calls.append(c),
+            **{"tile": 16, **options})  # fmt: skip
     done = [d for d, _ in calls]
     assert len({total for _, total in calls}) == 1 and done == sorted(done)
     assert done[-1] == calls[-1][1] and done[-1] > 0, calls[-3:]

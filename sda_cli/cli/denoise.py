@@ -19,6 +19,7 @@ from sda_cli.cli.common import (
     Precision,
     Quiet,
     Seed,
+    UsageError,
     Verbose,
     device_from,
     generator_for,
@@ -66,7 +67,8 @@ Inflation = Annotated[
     str,
     typer.Option(
         help="posterior, mean: move the draws away from the posterior mean by this factor so that their spread "
-        "matches their error: auto (the model's calibrated factor) or a number (1: raw draws)."
+        "matches their error: auto (the model's calibrated factor), sure (each image's own, from Stein's unbiased "
+        "risk estimate of its error; denoising with --samples 2 or more) or a number (1: raw draws)."
     ),
 ]
 
@@ -113,6 +115,11 @@ def denoise_command(
         )
     except ValueError as error:
         raise usage(error) from None
+    if value is None and inflation.strip().lower() == "sure":
+        raise UsageError(
+            "--inflation sure needs the exact noise level (its estimate of the error moves by n·Δσ²): give --sigma "
+            "as a number, or use --inflation auto"
+        )
     torch_device = device_from(device)
     found = pairs(inputs, output, force)
     spreads = side_outputs(found, std, "--std", force)
