@@ -273,6 +273,12 @@ def oracle_rows(args: argparse.Namespace, sigma: float) -> list[list[str]]:
     return rows
 
 
+def measured_title(args: argparse.Namespace) -> str:
+    """The heading of a measurement's table: one section of ``RESULTS.md`` per image set and kind of inflation."""
+    kinds = [*(["photos"] if args.photos else []), *(["SURE per image"] if args.inflation == "sure" else [])]
+    return TITLE + (f" ({', '.join(kinds)})" if kinds else "")
+
+
 def main() -> None:
     parser = arguments(
         __doc__, model="cifar10", count=64, count_help="test images per sigma", threads=2, data_dir=True, work=True
@@ -326,12 +332,12 @@ def main() -> None:
                 print(table(COLUMNS, rows), file=sys.stderr, flush=True)
             text = "\n".join(
                 [
-                    header(TITLE + (" (photos)" if args.photos else ""), checkpoint_line(args.model)),
+                    header(measured_title(args), checkpoint_line(args.model)),
                     images + "Required: draw ratio in [1.9, 2.1] and std ratio in [0.9, 1.1].\n",
                     table(COLUMNS, rows),
                 ]
             )
-            title = TITLE + (" (photos)" if args.photos else "")
+            title = measured_title(args)
     report(title, text, args.record)
 
 

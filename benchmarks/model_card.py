@@ -10,6 +10,11 @@ Run from the repository root:
     python benchmarks/model_card.py --log checkpoints/photo.log.csv --loss-name photo_loss.png --no-samples \
         --crops cifar10=checkpoints/cifar10.safetensors photo=checkpoints/photo.safetensors
 
+``--quality CSV`` (the ``--log`` of ``benchmarks/sample_quality.py``) draws ``kid.png``: KID-1k against images seen
+(log-log), one point (± its standard error) per checkpoint, one colour per sampler setting, the target KID 0.03,
+and the power law :math:`\mathrm{KID} = a\, n^{-b}` fitted to the longest series by least squares on the
+logarithms, extended to where it meets the target: an extrapolation, printed with the images it predicts.
+
 ``--crops`` draws ``photo_crops.png``: a 160 × 160 crop of the first McMaster photo, clean, with 8-bit noise of
 sigma 25/255 (clipped, quantised, seed 0), and as each model's ``mmse`` estimate (``sda_cli.denoise``, float32) of
 that noisy crop, with each crop's PSNR under it (``_common.psnr``).
@@ -67,6 +72,84 @@ def draw_curve(points: list[tuple[int, float]], out: Path) -> None:
     image.save(out)
 
 
+TARGET_KID = 0.03
+
+
+Series = dict[str, list[tuple[int, float, float]]]
+
+
+def read_quality(path: Path) -> Series:
+    """``(images seen, KID, its ±)`` of each checkpoint measured with 1,000 samples, one series per sampler setting
+    (sampler, start and steps; the last measurement of a checkpoint counts), each ordered by images seen."""
+    series: dict[str, dict[int, tuple[float, float]]] = {}
+    lines = path.read_text().splitlines()
+    names = lines[0].split(",")
+    for line in lines[1:]:
+        row = dict(zip(names, line.split(","), strict=True))
+        if int(row["count"]) == 1000:
+            name = f"{row['sampler']} {row['steps']} steps from {float(row['start_ratio']):g}"
+            series.setdefault(name, {})[int(row["images_seen"])] = (float(row["kid"]), float(row["kid_error"]))
+    return {name: [(n, *v) for n, v in sorted(points.items())] for name, points in series.items()}
+
+
+def power_law(points: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """``(a, b)`` of KID = a n^-b, least squares on log KID against log n."""
+    x = np.log([seen for seen, _, _ in points])
+    y = np.log([kid for _, kid, _ in points])
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189))
+
+
+def draw_kid(series: Series, out: Path) -> tuple[str, int | None]:
+    """The KID curves (module docstring): every series, and the power law fitted to the longest; returns that
+    series' name and the images seen at which its fit meets the target, if it falls."""
+    fitted = max(series, key=lambda name: len(series[name]))
+    points = series[fitted]
+    a, b = power_law(points) if len(points) >= 2 else (math.nan, math.nan)
+    reach = int((a / TARGET_KID) ** (1 / b)) if b > 0 else None
+    every = [point for values in series.values() for point in values]
+    x_low = math.log10(min(seen for seen, _, _ in every)) - 0.1
+    x_high = math.log10(max([reach or 0, *(seen for seen, _, _ in every)])) + 0.1
+    y_low, y_high = math.log10(TARGET_KID) - 0.15, math.log10(max(kid + e for _, kid, e in every)) + 0.1
+    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
+    draw = ImageDraw.Draw(image)
+
+    def xy(seen: float, kid: float) -> tuple[float, float]:
+        x = MARGIN + (WIDTH - 2 * MARGIN) * (math.log10(seen) - x_low) / (x_high - x_low)
+        y = HEIGHT - MARGIN - (HEIGHT - 2 * MARGIN) * (math.log10(kid) - y_low) / (y_high - y_low)
+        return x, y
+
+    draw.rectangle([MARGIN, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN], outline="black")
+    left, right = xy(10**x_low, TARGET_KID), xy(10**x_high, TARGET_KID)
+    draw.line([left, right], fill=(200, 0, 0), width=1)
+    draw.text((right[0] - 110, right[1] + 4), f"target KID {TARGET_KID:g}", fill=(200, 0, 0))
+    if b > 0:
+        seen = np.logspace(math.log10(points[0][0]), math.log10(reach or 10**x_high), 50)
+        draw.line([xy(n, a * n**-b) for n in seen], fill=(150, 150, 150), width=1)
+    for index, (name, values) in enumerate(series.items()):
+        colour = COLOURS[index % len(COLOURS)]
+        for seen, kid, error in values:
+            x, y = xy(seen, kid)
+            draw.line([xy(seen, max(kid - error, 10**y_low)), xy(seen, kid + error)], fill=colour, width=2)
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        draw.text((MARGIN + 8, MARGIN + 6 + 14 * index), f"heun {name}" if not name.startswith("heun") else name,
+                  fill=colour)  # fmt: skip
+    ticks = [m * 10**e for e in range(4, 10) for m in (1, 2, 5) if x_low <= math.log10(m * 10**e) <= x_high]
+    for seen in ticks:
+        draw.text((xy(seen, 10**y_low)[0] - 16, HEIGHT - MARGIN + 6), f"{seen / 1e6:.2g}M", fill="black")
+    for kid in (0.03, 0.05, 0.1, 0.2):
+        if y_low <= math.log10(kid) <= y_high:
+            draw.text((8, xy(10**x_low, kid)[1] - 6), f"{kid:g}", fill="black")
+    draw.text((WIDTH // 2 - 60, HEIGHT - 22), "images seen (log scale)", fill="black")
+    law = f"; grey: KID = {a:.3g} n^-{b:.3f} fitted to {fitted}, extrapolated" if b > 0 else ""
+    draw.text((MARGIN, 20), f"KID-1k against images seen (log-log){law}", fill="black")
+    image.save(out)
+    return fitted, reach
+
+
 def main() -> None:
     parser = arguments(__doc__, model="cifar10", seed="seed of the samples", record=False)
     parser.add_argument("--log", type=Path, default=Path("checkpoints/cifar10.log.csv"))
@@ -75,7 +158,14 @@ def main() -> None:
     parser.add_argument("--no-samples", action="store_true")
     parser.add_argument("--loss-name", default="loss.png", help="file name of the loss curve in --out-dir")
     parser.add_argument("--crops", nargs="*", default=[], help="NAME=PATH of models for photo_crops.png")
+    parser.add_argument("--quality", type=Path, default=None, help="sample_quality.py's --log: draws kid.png")
     args = parse(parser)
+    if args.quality is not None:
+        series = read_quality(args.quality)
+        fitted, reach = draw_kid(series, args.out_dir / "kid.png")
+        where = "never" if reach is None else f"at {reach:,} images seen"
+        print(f"wrote {args.out_dir / 'kid.png'}: the power law fitted to {fitted} ({len(series[fitted])} "
+              f"checkpoints) reaches KID {TARGET_KID:g} {where}")  # fmt: skip
     if args.crops:
         draw_crops(pairs(args.crops, parser, "--crops"), args.out_dir / "photo_crops.png")
         print(f"wrote {args.out_dir / 'photo_crops.png'}")

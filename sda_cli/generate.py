@@ -1,7 +1,8 @@
 """Sampling new images from the prior: what ``sda sample`` and ``sda_cli.sample`` call.
 
-Pure noise at :math:`t = 1` (:func:`sda_cli.sampler.prior_noise`), then a reverse-time sampler down to 0 and the
-final Tweedie step, in batches; the result in [0, 1] pixel units.
+Pure noise at the noise ratio :math:`\rho = 80` (:func:`sda_cli.sampler.start_time`,
+:func:`sda_cli.sampler.prior_noise`), then a reverse-time sampler down to 0 and the final Tweedie step, in batches;
+the result in [0, 1] pixel units.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from sda_cli.denoiser import Denoiser
 from sda_cli.images import to_pixels
-from sda_cli.sampler import DEFAULT_STEPS, make_sampler, prior_noise
+from sda_cli.sampler import DEFAULT_STEPS, make_sampler, prior_noise, start_time
 from sda_cli.seeds import seeded_generator
 
 __all__ = ["DEFAULT_SAMPLER", "sample"]
@@ -47,11 +48,12 @@ def sample(
     channels = model.backbone.config.channels
     solver = make_sampler(sampler, model, generator=generator)
     count = steps or DEFAULT_STEPS[sampler]
+    t_start = start_time(model.schedule)
     chunks = []
     for start in range(0, n, batch_size):
         shape = (min(batch_size, n - start), channels, side, side)
-        x = prior_noise(model.schedule, shape, generator=generator, device=device)
-        chunks.append(to_pixels(solver(x, 1.0, 0.0, count)).clamp(0, 1))
+        x = prior_noise(model.schedule, shape, t=t_start, generator=generator, device=device)
+        chunks.append(to_pixels(solver(x, t_start, 0.0, count)).clamp(0, 1))
         if progress is not None:
             progress(start + shape[0])
     return torch.cat(chunks)

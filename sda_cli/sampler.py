@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "PC",
     "SAMPLERS",
+    "START_RATIO",
     "Ancestral",
     "DenoiserLike",
     "Heun",
@@ -73,6 +74,7 @@ __all__ = [
     "prior_noise",
     "randn_like",
     "score_from_mean",
+    "start_time",
     "time_grid",
 ]
 
@@ -152,22 +154,40 @@ def time_grid(
     return times
 
 
+START_RATIO = 80.0
+"""The noise ratio :math:`\rho = \sigma / \alpha` at which new images start (:func:`start_time`): EDM's
+:math:`\sigma_\max = 80` (Karras et al., 2022), 160 times the data's standard deviation."""
+
+
+def start_time(schedule: Schedule, ratio: float = START_RATIO) -> float:
+    r"""The time at which sampling new images starts: where :math:`\rho_t` = ``ratio``, or 1 if the schedule ends
+    below it. The cosine schedule runs on to :math:`\rho_1 = 1/\eta = 1000`, and a grid of Karras et al.'s spacing
+    from there spends a third of its steps above 80, where the data has no visible effect: on a Gaussian of pixel
+    standard deviations 0.016 to 0.07, Heun's 32 steps from :math:`\rho = 1000` widen its variance by 11.5-18.4 %,
+    from 80 by 4.6-7.1 % (18 steps: 43-70 % and 16-25 %)."""
+    if float(schedule.ratio(torch.tensor(1.0, dtype=torch.float64))) <= ratio:
+        return 1.0
+    return float(schedule.time_of_ratio(torch.tensor(ratio, dtype=torch.float64)))
+
+
 def prior_noise(
     schedule: Schedule,
     shape: Sequence[int],
     *,
+    t: float = 1.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    r"""A start for sampling new images: :math:`x_1 \sim \mathcal{N}(0, \sigma_1^2 I)`.
+    r"""A start for sampling new images at time ``t``: :math:`x_t \sim \mathcal{N}(0, \sigma_t^2 I)`.
 
-    The true marginal is :math:`x_1 = \alpha_1 x + \sigma_1 \varepsilon`; the signal term is dropped, which is
-    harmless when it is small against :math:`\sigma_1`: :math:`\alpha_1 = \eta = 10^{-3}` on the cosine schedule,
-    :math:`\alpha_1 \approx 0.0066` on the linear one, and :math:`\sigma_1 = \sigma_{\max} = 100` against data in
-    :math:`[-1, 1]` on the VE one.
+    The true marginal is :math:`x_t = \alpha_t x + \sigma_t \varepsilon`; the signal term is dropped, which is
+    harmless when it is small against :math:`\sigma_t`: at :math:`t = 1`, :math:`\alpha_1 = \eta = 10^{-3}` on the
+    cosine schedule, :math:`\alpha_1 \approx 0.0066` on the linear one, and :math:`\sigma_1 = \sigma_{\max} = 100`
+    against data in :math:`[-1, 1]` on the VE one; at :func:`start_time`, :math:`\alpha_t x` is at most 1/80 of
+    :math:`\sigma_t` for data in :math:`[-1, 1]` (its variance :math:`4 \cdot 10^{-5}` of the noise's for CIFAR-10).
     """
-    _, sigma = alpha_sigma(schedule, 1.0)
+    _, sigma = alpha_sigma(schedule, t)
     noise_device = generator.device if generator is not None else device
     noise = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype)
     return sigma * noise.to(device if device is not None else noise.device)
