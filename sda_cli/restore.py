@@ -214,6 +214,15 @@ def random_stream(denoising: bool) -> str:
     return "denoise" if denoising else "restore"
 
 
+def resolved_inflation(model: Denoiser, kind: type[PosteriorMethod], inflation: float | str, draws: int) -> float | str:
+    """``auto`` made concrete: the model's calibrated table if it holds one; else, for the draws of the exact
+    posterior (``calibrated`` methods) with 2 or more of them, each image's own factor from SURE (``sure``); else none.
+    Other values are kept."""
+    if inflation != "auto" or getattr(model, "inflation", ()):
+        return inflation
+    return "sure" if kind.calibrated and draws >= 2 else 1.0
+
+
 def _inflation_factor(model: Denoiser, kind: type[PosteriorMethod], inflation: float | str, sigma: float) -> float:
     """The factor the draws of ``kind`` are inflated by at pixel level ``sigma``: 1 unless they are calibrated."""
     if not kind.calibrated or inflation == "sure":  # sure: a factor per image, from the image (sure_factors)
@@ -269,9 +278,10 @@ def restore(
         bit_depth: 8 or 16 when the observation comes from an integer file (clipped and quantised), else ``None``.
         clipped: ``auto`` (impute clipped pixels of integer files), ``on`` (of any input) or ``off``.
         inflation: the factor by which calibrated draws (``posterior``, ``mean``) move away from the posterior mean:
-            ``auto`` (the model's calibrated factor at this sigma, 1 if it has none), ``sure`` (each image's own
-            factor from Stein's unbiased risk estimate of its error: denoising with 2 draws or more;
-            :func:`sda_cli.inflation.sure_factors`) or a number (1: raw draws).
+            ``auto`` (the model's calibrated factor at this sigma; for a model without a table, ``sure`` with 2
+            draws or more, else none), ``sure`` (each image's own factor from Stein's unbiased risk estimate of its
+            error, which needs the exact sigma: denoising with 2 draws or more; :func:`sda_cli.inflation.sure_factors`)
+            or a number (1: raw draws).
         seed: the seed of the command line's ``--seed`` (``sda denoise``'s stream with no operator, else
             ``sda restore``'s); or pass ``generator``.
         tile: images larger than this are evaluated in overlapping tiles (default: :func:`~sda_cli.tiles.default_tile`).
@@ -293,7 +303,7 @@ def restore(
     kind, draws = check_request(
         method, samples, steps, options, sigma=levels, denoising=denoising, clipped=clipped, inflation=inflation
     )
-    inflation = parse_inflation(inflation)
+    inflation = resolved_inflation(model, kind, parse_inflation(inflation), draws)
     shape = (colours, *image_size(operator, height, width))
     if tuple(operator.out_shape((count, *shape))) != tuple(batch.shape):
         raise ValueError(f"the operator does not give observations of {height}×{width} pixels; check its options")

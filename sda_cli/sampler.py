@@ -155,7 +155,7 @@ def time_grid(
 
 
 START_RATIO = 80.0
-"""The noise ratio :math:`\rho = \sigma / \alpha` at which new images start (:func:`start_time`): EDM's
+r"""The noise ratio :math:`\rho = \sigma / \alpha` at which new images start (:func:`start_time`): EDM's
 :math:`\sigma_\max = 80` (Karras et al., 2022), 160 times the data's standard deviation."""
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_sda
 from test_restore import IndependentPixels
 
 from sda_cli import denoise
@@ -95,3 +97,33 @@ def test_sure_inflation_needs_two_draws() -> None:
     pixels = torch.full((1, 1, 8, 8), 0.5)
     with pytest.raises(ValueError, match="samples=2 or more"):
         denoise(IndependentPixels(0.3), pixels, 0.1, method="posterior", inflation="sure")
+
+
+def test_auto_is_sure_for_a_model_without_a_table() -> None:
+    """``auto`` on a model without a calibrated table, with 2 draws or more, gives exactly the draws of
+    ``inflation="sure"`` (same seed), not the raw ones; one draw stays raw."""
+    model = IndependentPixels(0.1)
+    pixels = 0.5 + 0.2 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    runs = {
+        inflation: denoise(model, pixels, 0.1, method="mean", samples=3, steps=8, inflation=inflation, seed=4)
+        for inflation in ("auto", "sure", 1.0)
+    }
+    torch.testing.assert_close(runs["auto"], runs["sure"], rtol=0, atol=0)
+    assert not torch.equal(runs["auto"][1], runs[1.0][1])
+    one = {inflation: denoise(model, pixels, 0.1, method="posterior", steps=8, inflation=inflation, seed=4)[0]
+           for inflation in ("auto", 1.0)}  # fmt: skip
+    torch.testing.assert_close(one["auto"], one[1.0], rtol=0, atol=0)
+
+
+def test_cli_auto_with_an_estimated_sigma_keeps_raw_draws(tiny_model: Path, image_dir: Path, tmp_path: Path) -> None:
+    """``sda denoise --sigma auto``: SURE needs the exact sigma, so ``--inflation auto`` on a model without a table
+    gives the raw draws (the files of ``--inflation 1``, byte for byte)."""
+    outputs = {}
+    for inflation in ("auto", "1"):
+        out, std = tmp_path / f"{inflation}.png", tmp_path / f"{inflation}-std.npy"
+        result = run_sda("denoise", image_dir / "img_000.png", "-o", out, "--std", std, "--model", tiny_model,
+                         "--sigma", "auto", "--method", "mean", "--samples", "2", "--steps", "4",
+                         "--inflation", inflation, "--seed", "1")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outputs[inflation] = (out.read_bytes(), std.read_bytes())
+    assert outputs["auto"] == outputs["1"]

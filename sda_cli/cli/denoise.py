@@ -67,8 +67,9 @@ Inflation = Annotated[
     str,
     typer.Option(
         help="posterior, mean: move the draws away from the posterior mean by this factor so that their spread "
-        "matches their error: auto (the model's calibrated factor), sure (each image's own, from Stein's unbiased "
-        "risk estimate of its error; denoising with --samples 2 or more) or a number (1: raw draws)."
+        "matches their error: auto (the model's calibrated factor; for a model without one, sure when --sigma is a "
+        "number), sure (each image's own, from Stein's unbiased risk estimate of its error; needs the exact sigma "
+        "and --samples 2 or more) or a number (1: raw draws)."
     ),
 ]
 
@@ -124,6 +125,8 @@ def denoise_command(
     found = pairs(inputs, output, force)
     spreads = side_outputs(found, std, "--std", force)
     denoiser = model_from(model, torch_device, verbose, precision, "photo")
+    if value is None and inflation.strip().lower() == "auto" and not getattr(denoiser, "inflation", ()):
+        inflation = "1"  # auto's SURE needs the exact sigma, not an estimate: raw draws for a model without a table
     if value is not None:
         try:
             check_sigma(denoiser, value)
