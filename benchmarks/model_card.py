@@ -100,7 +100,7 @@ def power_law(points: list[tuple[int, float, float]]) -> tuple[float, float]:
     return float(np.exp(intercept)), float(-slope)
 
 
-COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189))
+COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189), (214, 39, 40), (140, 86, 75))
 
 
 def draw_kid(series: Series, out: Path) -> tuple[str, int | None]:
@@ -135,8 +135,7 @@ def draw_kid(series: Series, out: Path) -> tuple[str, int | None]:
             x, y = xy(seen, kid)
             draw.line([xy(seen, max(kid - error, 10**y_low)), xy(seen, kid + error)], fill=colour, width=2)
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-        draw.text((MARGIN + 8, MARGIN + 6 + 14 * index), f"heun {name}" if not name.startswith("heun") else name,
-                  fill=colour)  # fmt: skip
+        draw.text((MARGIN + 8, HEIGHT - MARGIN - 18 - 14 * (len(series) - 1 - index)), name, fill=colour)
     ticks = [m * 10**e for e in range(4, 10) for m in (1, 2, 5) if x_low <= math.log10(m * 10**e) <= x_high]
     for seen in ticks:
         draw.text((xy(seen, 10**y_low)[0] - 16, HEIGHT - MARGIN + 6), f"{seen / 1e6:.2g}M", fill="black")
