@@ -15,8 +15,9 @@ Two ratios, each 1 or 2 for exact posterior draws, summed over all pixels and im
 * the std ratio ``E|x - mean_K|² / ((1 + 1/K) E[s²])`` = 1 when the ``--std`` map is honest: the error of the
   mean of K exact draws is the posterior variance plus its Monte-Carlo part, (1 + 1/K) times E[s²].
 
-Rows. ``model, raw draws`` are the draws as the sampler gives them; ``model (inflation λ)`` the default output,
-whose draws are inflated about the posterior mean by the factor the checkpoint holds (``sda_cli/inflation.py``).
+Rows. ``model, raw draws`` are the draws as the sampler gives them; ``model (inflation λ)`` the draws inflated about
+the posterior mean by the factor the checkpoint holds (``sda_cli/inflation.py``; λ = 1 for a checkpoint without a
+table, whose default, SURE per image, ``--inflation sure`` measures).
 Both come from one run: the raw mean and spread follow from the inflated ones, ``mean_raw = m + (mean - m) / λ`` and
 ``s_raw = s / λ``. The column ``K = 8 (predicted)`` gives the std ratio that the default ``--method mean`` (K = 8)
 would have, from the same sums, for draws centred on ``m``: ``(E|x - m|² + E s²/8) / ((1 + 1/8) E s²)``.
@@ -234,14 +235,16 @@ def model_rows(args: argparse.Namespace, work: Path, sigma: float) -> list[list[
         x = photo_crops(MCMASTER, args.photos, args.crop)
     else:
         x = cifar10(args.data_dir, train=False).images[: args.count].permute(0, 2, 3, 1).double() / 255
-    factor = inflation_factor(read_metadata(args.model).get("calibration", {}).get("inflation", []), sigma)
+    table = read_metadata(args.model).get("calibration", {}).get("inflation", [])
+    factor = inflation_factor(table, sigma)
+    table_or_raw = "auto" if table else "1"  # auto without a table is SURE, which the other branch measures
     rows = []
     for steps in args.steps:
         if args.inflation == "sure":
             m, mean, std, seconds = _denoise_files(args, work, "sure", x, sigma, steps, "sure")
             rows.append(_row("model (SURE, per image)", sigma, steps, args.samples, x, m, mean, std, seconds))
             continue
-        m, mean, std, seconds = _denoise_files(args, work, "test", x, sigma, steps, "auto")
+        m, mean, std, seconds = _denoise_files(args, work, "test", x, sigma, steps, table_or_raw)
         raw_mean, raw_std = m + (mean - m) / factor, std / factor
         rows.append(_row("model, raw draws", sigma, steps, args.samples, x, m, raw_mean, raw_std, None))
         rows.append(_row(f"model (inflation {factor:.3f})", sigma, steps, args.samples, x, m, mean, std, seconds))
