@@ -117,13 +117,15 @@ def test_auto_is_sure_for_a_model_without_a_table() -> None:
 
 def test_cli_auto_with_an_estimated_sigma_keeps_raw_draws(tiny_model: Path, image_dir: Path, tmp_path: Path) -> None:
     """``sda denoise --sigma auto``: SURE needs the exact sigma, so ``--inflation auto`` on a model without a table
-    gives the raw draws (the files of ``--inflation 1``, byte for byte)."""
+    gives the raw draws (the files of ``--inflation 1``, byte for byte); ``--verbose`` says which inflation ran."""
     outputs = {}
-    for inflation in ("auto", "1"):
-        out, std = tmp_path / f"{inflation}.png", tmp_path / f"{inflation}-std.npy"
+    for sigma, inflation in (("auto", "auto"), ("auto", "1"), ("0.1", "auto")):
+        out, std = tmp_path / f"{sigma}-{inflation}.png", tmp_path / f"{sigma}-{inflation}-std.npy"
         result = run_sda("denoise", image_dir / "img_000.png", "-o", out, "--std", std, "--model", tiny_model,
-                         "--sigma", "auto", "--method", "mean", "--samples", "2", "--steps", "4",
-                         "--inflation", inflation, "--seed", "1")  # fmt: skip
+                         "--sigma", sigma, "--method", "mean", "--samples", "2", "--steps", "4",
+                         "--inflation", inflation, "--seed", "1", "--verbose")  # fmt: skip
         assert result.returncode == 0, result.stderr
-        outputs[inflation] = (out.read_bytes(), std.read_bytes())
-    assert outputs["auto"] == outputs["1"]
+        outputs[sigma, inflation] = (out.read_bytes(), std.read_bytes(), result.stderr)
+    assert outputs["auto", "auto"][:2] == outputs["auto", "1"][:2]
+    assert "inflation of the draws: none (raw draws)" in outputs["auto", "auto"][2]
+    assert "inflation of the draws: each image's own factor, from SURE" in outputs["0.1", "auto"][2]

@@ -34,7 +34,14 @@ from sda_cli.cli.runner import Item, pairs, run, side_outputs, stacked, with_spr
 from sda_cli.denoiser import Denoiser
 from sda_cli.guidance import METHODS
 from sda_cli.noise_level import estimate_sigma
-from sda_cli.restore import check_request, check_sigma, denoise, pixels_per_batch
+from sda_cli.restore import (
+    check_request,
+    check_sigma,
+    denoise,
+    parse_inflation,
+    pixels_per_batch,
+    resolved_inflation,
+)
 from sda_cli.tiles import LOCAL_TILE, TILE
 
 __all__ = ["Samples", "Std", "Tile", "denoise_command"]
@@ -133,6 +140,8 @@ def denoise_command(
         except ValueError as error:
             raise usage(error) from None
     generator = generator_for(seed, torch_device, verbose, "denoise")
+    if verbose and METHODS[method].calibrated:
+        say(f"inflation of the draws: {inflation_in_words(denoiser, method, draws, inflation)}")
     levels: dict[Path, float] = {}
     prepare = partial(_noise_level, levels, value, denoiser)
 
@@ -152,6 +161,16 @@ def denoise_command(
     )
     budget = pixels_per_batch(draws)
     run("denoise", found, work, budget=budget, bits=bits, max_pixels=max_pixels, quiet=quiet, prepare=prepare)
+
+
+def inflation_in_words(model: Denoiser, method: str, draws: int, inflation: str) -> str:
+    """What ``--inflation`` does to the draws of a calibrated method, for ``--verbose``."""
+    resolved = resolved_inflation(model, METHODS[method], parse_inflation(inflation), draws)
+    if resolved == "sure":
+        return "each image's own factor, from SURE"
+    if resolved == "auto":
+        return "the model's calibrated table"
+    return "none (raw draws)" if resolved == 1.0 else f"the factor {resolved:g}"
 
 
 def _noise_level(levels: dict[Path, float], value: float | None, denoiser: Denoiser, item: Item) -> None:
