@@ -80,7 +80,8 @@ Series = dict[str, list[tuple[int, float, float]]]
 
 def read_quality(path: Path) -> Series:
     """``(images seen, KID, its ±)`` of each checkpoint measured with 1,000 samples, one series per sampler setting
-    (sampler, start and steps; the last measurement of a checkpoint counts), each ordered by images seen."""
+    (sampler, start and steps) and kind of weights (EMA or raw, at a constant or a decayed learning rate); the last
+    measurement of a checkpoint counts; each series ordered by images seen."""
     series: dict[str, dict[int, tuple[float, float]]] = {}
     lines = path.read_text().splitlines()
     names = lines[0].split(",")
@@ -88,6 +89,7 @@ def read_quality(path: Path) -> Series:
         row = dict(zip(names, line.split(","), strict=True))
         if int(row["count"]) == 1000:
             name = f"{row['sampler']} {row['steps']} steps from {float(row['start_ratio']):g}"
+            name += "" if row["weights"] == "ema" else f", {row['weights']}"
             series.setdefault(name, {})[int(row["images_seen"])] = (float(row["kid"]), float(row["kid_error"]))
     return {name: [(n, *v) for n, v in sorted(points.items())] for name, points in series.items()}
 

