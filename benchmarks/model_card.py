@@ -102,7 +102,17 @@ def power_law(points: list[tuple[int, float, float]]) -> tuple[float, float]:
     return float(np.exp(intercept)), float(-slope)
 
 
-COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189), (214, 39, 40), (140, 86, 75))
+COLOURS = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (148, 103, 189),
+    (214, 39, 40),
+    (140, 86, 75),
+    (23, 190, 207),
+    (188, 189, 34),
+    (227, 119, 194),
+)
 
 
 def draw_kid(series: Series, out: Path) -> tuple[str, int | None]:
