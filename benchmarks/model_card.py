@@ -11,9 +11,10 @@ Run from the repository root:
         --crops cifar10=checkpoints/cifar10.safetensors photo=checkpoints/photo.safetensors
 
 ``--quality CSV`` (the ``--log`` of ``benchmarks/sample_quality.py``) draws ``kid.png``: KID-1k against images seen
-(log-log), one point (± its standard error) per checkpoint, one colour per sampler setting, the target KID 0.03,
-and the power law :math:`\mathrm{KID} = a\, n^{-b}` fitted to the longest series by least squares on the
-logarithms, extended to where it meets the target: an extrapolation, printed with the images it predicts.
+(log-log), one point (± its standard error) per checkpoint, one colour per sampler setting and kind of weights (EMA
+or raw, at a constant or a decayed rate), the target KID 0.03, and the power law :math:`\mathrm{KID} = a\, n^{-b}`
+fitted to the longest series by least squares on the logarithms, extended to where it meets the target: an
+extrapolation, printed with the images it predicts.
 
 ``--crops`` draws ``photo_crops.png``: a 160 × 160 crop of the first McMaster photo, clean, with 8-bit noise of
 sigma 25/255 (clipped, quantised, seed 0), and as each model's ``mmse`` estimate (``sda_cli.denoise``, float32) of
