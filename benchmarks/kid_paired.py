@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from _common import DEFAULT_DATA
 from PIL import Image
-from sample_quality import Inception, mmd2_jackknife
+from sample_quality import Inception, cubic_kernel, mmd2_jackknife
 
 from sda_cli.data import cifar10
 
@@ -37,20 +37,18 @@ def read_samples(folder: Path) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
 
 
-def mmd2_terms(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The cubic-kernel matrices k(y_i, y_j) (zero diagonal), k(x_i, y_j) and k(x_i, x_j) (zero diagonal)."""
-    d = x.shape[1]
-    kyy, kxy, kxx = (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3, (x @ x.T / d + 1) ** 3
+def sample_terms(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel matrices k(y_i, y_j) (zero diagonal) and k(x_i, y_j) of MMD²_u; its k(x_i, x_j) cancels in Δ."""
+    kyy = cubic_kernel(y, y)
     np.fill_diagonal(kyy, 0)
-    np.fill_diagonal(kxx, 0)
-    return kyy, kxy, kxx
+    return kyy, cubic_kernel(x, y)
 
 
 def paired_difference(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     """Δ = MMD²_u(x, y) − MMD²_u(x, z) and its jackknife standard error over the triples (module docstring)."""
     m = len(x)
-    kyy, kxy, _ = mmd2_terms(x, y)
-    kzz, kxz, _ = mmd2_terms(x, z)
+    kyy, kxy = sample_terms(x, y)
+    kzz, kxz = sample_terms(x, z)
 
     def delta(own_y: np.ndarray, cross_y: np.ndarray, own_z: np.ndarray, cross_z: np.ndarray, n: int) -> np.ndarray:
         return (own_y - own_z) / (n * (n - 1)) - 2 * (cross_y - cross_z) / n**2

@@ -216,10 +216,15 @@ class Reference:
         return float(np.mean(values)), float(np.std(values))
 
 
+def cubic_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The matrix k(a_i, b_j) = (a_i·b_j / d + 1)³ of KID's polynomial kernel."""
+    return (a @ b.T / a.shape[1] + 1) ** 3
+
+
 def mmd2_jackknife(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """MMD²_u of two sets of ``m`` features and its jackknife standard error over the pairs ``(x_i, y_i)``."""
-    m, d = x.shape
-    kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    m = len(x)
+    kxx, kyy, kxy = cubic_kernel(x, x), cubic_kernel(y, y), cubic_kernel(x, y)
     np.fill_diagonal(kxx, 0)
     np.fill_diagonal(kyy, 0)
     within, cross = kxx.sum() + kyy.sum(), kxy.sum()
