@@ -14,7 +14,8 @@ Run from the repository root:
 (log-log), one point (± its standard error) per checkpoint, one colour per sampler setting and kind of weights (EMA
 or raw, at a constant or a decayed rate), the target KID 0.03, and the power law :math:`\mathrm{KID} = a\, n^{-b}`
 fitted to the longest series by least squares on the logarithms, extended to where it meets the target: an
-extrapolation, printed with the images it predicts.
+extrapolation, printed with the images it predicts. Drawn are that series and those of ``sda sample``'s default
+setting; the other settings, each measured at one checkpoint, are the table of ``sample_quality.py --from-log``.
 
 ``--crops`` draws ``photo_crops.png``: a 160 × 160 crop of the first McMaster photo, clean, with 8-bit noise of
 sigma 25/255 (clipped, quantised, seed 0), and as each model's ``mmse`` estimate (``sda_cli.denoise``, float32) of
@@ -32,6 +33,8 @@ from _common import MCMASTER, arguments, pairs, parse, psnr, run_cli
 from PIL import Image, ImageDraw
 
 from sda_cli import denoise, load_model
+from sda_cli.generate import DEFAULT_SAMPLER
+from sda_cli.sampler import DEFAULT_STEPS, START_RATIO
 
 WIDTH, HEIGHT, MARGIN = 640, 360, 60
 PHOTO = MCMASTER / "1.tif"
@@ -117,9 +120,12 @@ COLOURS = (
 
 
 def draw_kid(series: Series, out: Path) -> tuple[str, int | None]:
-    """The KID curves (module docstring): every series, and the power law fitted to the longest; returns that
-    series' name and the images seen at which its fit meets the target, if it falls."""
+    """The KID curves (module docstring): the longest series with the power law fitted to it, and the series of the
+    default sampler setting; returns the fitted series' name and the images seen at which its fit meets the target, if
+    it falls."""
     fitted = max(series, key=lambda name: len(series[name]))
+    default = f"{DEFAULT_SAMPLER} {DEFAULT_STEPS[DEFAULT_SAMPLER]} steps from {START_RATIO:g}"
+    series = {name: values for name, values in series.items() if name == fitted or name.split(",")[0] == default}
     points = series[fitted]
     a, b = power_law(points) if len(points) >= 2 else (math.nan, math.nan)
     reach = int((a / TARGET_KID) ** (1 / b)) if b > 0 else None

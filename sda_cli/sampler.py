@@ -466,10 +466,12 @@ SAMPLERS: dict[str, type[Sampler]] = {kind.name: kind for kind in (Ancestral, SD
 """The samplers by name, as the command line offers them."""
 
 DEFAULT_STEPS: dict[str, int] = {"ancestral": 128, "sde2m": 32, "ddim": 64, "heun": 18, "pc": 64}
-"""The default step count of each sampler (``sda sample --steps`` and the posterior methods use these). Heun's 18
-(37 network evaluations, EDM's count for CIFAR-10): on 1,000 samples of the CIFAR-10 model at step 8000, FID-1k
-and KID-1k at 18 steps are within the noise of 32 (90.54 and 0.0465 against 90.91 and 0.0476 from
-:data:`START_RATIO`), and 9 are worse (105.37 and 0.0583 from the schedule's end; ``benchmarks/RESULTS.md``)."""
+"""The default step count of each sampler (``sda sample --steps`` and the posterior methods use these), measured on
+1,000 samples of the CIFAR-10 model (FID-1k, KID-1k; ``benchmarks/RESULTS.md``, sample quality). ``sde2m``'s 32 (33
+network evaluations), at step 10800: 79.80 and 0.0322, within the noise of the best measured, 36 steps (78.61 and
+0.0302; paired KID difference 0.0020 ± 0.0015), and of 64 (78.67, 0.0328); 18 are worse (83.95, 0.0379). Heun's 18
+(37 evaluations, EDM's count for CIFAR-10), at step 8000: within the noise of 32 (90.54 and 0.0465 against 90.91
+and 0.0476 from :data:`START_RATIO`); 9 are worse (105.37 and 0.0583 from the schedule's end)."""
 
 
 def make_sampler(
