@@ -22,12 +22,13 @@ __all__ = ["DEFAULT_SAMPLER", "sample"]
 DEFAULT_SAMPLER = "sde2m"
 """The sampler of ``sda sample``: the reverse-time SDE (:class:`sda_cli.sampler.SDEMultistep`) at its default 32 steps
 (33 network evaluations). On 1,000 samples of the CIFAR-10 model at step 10800 (``benchmarks/RESULTS.md``, sample
-quality against sampler settings) the best setting measured is the SDE at 36 steps, FID-1k 78.61 and KID-1k 0.0302;
-32 steps are within its noise (79.80, 0.0322; paired KID difference 0.0020 ± 0.0015) and the cheapest such; Heun's
-ODE at 18 steps, the same 37 evaluations as 36, is not (81.62, 0.0342; 0.0040 ± 0.0016 worse). The SDE's gain is not
-its discretisation widening the draws: at 64 steps, where that widening is a quarter as large on a Gaussian
-(``tests/test_sampler.py``), FID is the same 78.67. The noise it adds at every step corrects part of the errors of
-earlier steps, which an imperfect denoiser makes (Karras et al., 2022, section 4)."""
+quality against sampler settings) the best setting measured is the SDE at 36 steps, FID-1k 78.61 and KID-1k 0.0302; 32
+steps are within its noise (79.80, 0.0322; paired KID difference 0.0020 ± 0.0015) and the cheapest such; Heun's ODE at
+18 steps, the same 37 evaluations as 36, is not (81.62, 0.0342; 0.0040 ± 0.0016 worse). The SDE's gain is not its
+discretisation widening the draws: at 64 steps, where that widening is a quarter as large on a Gaussian
+(``tests/test_sampler.py``), FID is the same 78.67 and KID, 0.0328, within the noise. The likely reason, not measured
+apart: the noise it adds at every step corrects part of the errors an imperfect denoiser made at earlier steps (Karras
+et al., 2022, section 4)."""
 
 
 def sample(

@@ -297,10 +297,10 @@ def affine_sampler_law(
     oracle: GaussianDenoiser, sampler: str = DEFAULT_SAMPLER, steps: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """The exact law of ``sampler``'s output (at ``steps``, default its default) from x_s ~ N(0, sigma_s^2 I) at the
-    start time s (``start_time``, ``prior_noise``). On Gaussian data every sampler here is affine in its start and in
-    the K standard normal draws z_k it makes on the way, x_0 = B x_s + sum_k C_k z_k + c, so
-    x_0 ~ N(c, sigma_s^2 B B^T + sum_k C_k C_k^T). One batched run reads off c, B and every C_k: row 0 starts at 0
-    with all draws 0, row i at the basis vector e_i, and the row of (draw k, dimension j) gets e_j as its k-th draw
+    start time s (``start_time``, ``prior_noise``). On Gaussian data a sampler of fixed steps (all but pc's adaptive
+    ones) is affine in its start and in the K standard normal draws z_k it makes on the way, x_0 = B x_s + sum_k C_k z_k
+    + c, so x_0 ~ N(c, sigma_s^2 B B^T + sum_k C_k C_k^T). One batched run reads off c, B and every C_k: row 0 starts at
+    0 with all draws 0, row i at the basis vector e_i, and the row of (draw k, dimension j) gets e_j as its k-th draw
     (the sampler's ``noise`` replaced by these basis vectors; a first run counts the draws)."""
     dim, steps = oracle.dim, steps or DEFAULT_STEPS[sampler]
     start = start_time(oracle.schedule)
@@ -354,13 +354,13 @@ def test_sda_sample_defaults_draw_the_data_gaussian() -> None:
     default follow N(mu, Sigma) (chi-square tests of mean, two-sided variance and covariance at level 1e-4 each).
 
     They do not: the SDE's 32 steps leave the variance 29.2-41.3% too large in every eigen-direction (exact, from
-    ``affine_sampler_law``), far beyond the 1.3% the variance statistic resolves at this size. The data's pixel
-    standard deviations are 0.016 to 0.07, where a sampler's error is largest against the signal; Heun's 18 steps, the
-    default before, were 15.8-25.4% wide. On 1,000 CIFAR-10 samples the SDE at 32 steps is within the noise of 36 and
-    64 (5.6-8.7% wide here) and Heun's 18 are worse (``benchmarks/RESULTS.md``, sample quality against sampler
-    settings): the data chose the default, and this test keeps its cost on a Gaussian in view. Marked as an expected
-    failure (strict: it fails the suite once it passes) until the default steps or sampler change; the exact law at
-    128 steps is 1.3-1.8% wide, at 256 steps 0.3-0.4%."""
+    ``affine_sampler_law``), far beyond the 1.3% the variance statistic resolves at this size. The data's pixel standard
+    deviations are 0.016 to 0.07, where a sampler's error is largest against the signal; Heun's 18 steps, the default
+    before, were 15.8-25.4% wide. On 1,000 CIFAR-10 samples the SDE at 32 steps is within the noise of 36 and 64
+    (5.6-8.7% wide here) and Heun's 18 are outside the noise of 36 (``benchmarks/RESULTS.md``, sample quality against
+    sampler settings): the data chose the default, and this test keeps its cost on a Gaussian in view. Marked as an
+    expected failure (strict: it fails the suite once it passes) until the default steps or sampler change; the exact
+    law at 128 steps is 1.3-1.8% wide, at 256 steps 0.3-0.4%."""
     oracle = sample_oracle()
     assert_gaussian(default_sample_draws(4000), oracle.mean, oracle.cov, LEVEL, what="sda sample's defaults")
 
