@@ -25,6 +25,7 @@ that noisy crop, with each crop's PSNR under it (``_common.psnr``).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,16 @@ def read_log(path: Path) -> list[tuple[int, float]]:
     return sorted(dict(rows).items())
 
 
+def unbroken_runs(steps: list[int]) -> list[range]:
+    """Index ranges of the log with no gap: a gap, more than twice the median interval between rows, is a stretch
+    of the run whose rows were lost (a machine lost with its training folder); it is left blank, not bridged."""
+    gaps = sorted(b - a for a, b in pairwise(steps))
+    limit = 2 * gaps[len(gaps) // 2] if gaps else 0
+    breaks = [k + 1 for k in range(len(steps) - 1) if steps[k + 1] - steps[k] > limit]
+    bounds = [0, *breaks, len(steps)]
+    return [range(a, b) for a, b in pairwise(bounds)]
+
+
 def draw_curve(points: list[tuple[int, float]], out: Path) -> None:
     """A log-scale loss curve with labelled axes."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
@@ -64,7 +75,8 @@ def draw_curve(points: list[tuple[int, float]], out: Path) -> None:
         return x, y
 
     draw.rectangle([MARGIN, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN], outline="black")
-    draw.line([xy(s, v) for s, v in zip(steps, losses, strict=True)], fill=(31, 119, 180), width=2)
+    for run in unbroken_runs(steps):
+        draw.line([xy(steps[k], losses[k]) for k in run], fill=(31, 119, 180), width=2)
     for fraction in (0.0, 0.5, 1.0):
         value = low + fraction * span_y
         y = xy(0, value)[1]
